@@ -1,0 +1,65 @@
+# backprop-lab: every target sets itself up (uv + the committed uv.lock) before it runs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+PY := $(UV) run --locked --no-sync python
+SWEEP ?= default
+JOBS ?= 1
+ARGS ?=
+DISTRIBUTED ?= 0
+TEST_ARGS ?=
+
+# No outbound traffic from MLflow, Ray or Hydra's plugins.
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export RAY_USAGE_STATS_ENABLED := 0
+export BPL_DISTRIBUTED := $(DISTRIBUTED)
+
+.PHONY: help setup test test-distributed train sweep ui server notebooks lint bench bench-tracking reproduce clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+.venv/.synced: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@$(UV) sync --locked --all-extras --all-groups --quiet
+	@touch $@
+
+setup: .venv/.synced ## Create .venv from uv.lock (bootstraps uv with pip when missing)
+
+test: setup ## Run the test suite (DISTRIBUTED=1 adds the Ray/Slurm/server tests)
+	@$(UV) run --locked --no-sync pytest $(TEST_ARGS)
+
+test-distributed: ## Run only the distributed tests (Ray cluster, tracking server, Slurm)
+	@$(MAKE) --no-print-directory test DISTRIBUTED=1 TEST_ARGS="-m distributed $(TEST_ARGS)"
+
+train: setup ## One run with the defaults; overrides pass through: make train ARGS="optim.lr=0.3"
+	@$(PY) scripts/train.py $(ARGS)
+
+sweep: setup ## Run a sweep preset (SWEEP=default|seeds|datasets|optimizers|deep_init, JOBS=N, ARGS=overrides)
+	@$(PY) scripts/train.py --multirun +sweep=$(SWEEP) $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)) $(ARGS)
+
+ui: setup ## MLflow UI over the same store on 127.0.0.1 (PORT=5000); Ctrl-C stops it
+	@$(PY) scripts/serve.py ui $(ARGS)
+
+server: setup ## MLflow tracking server for remote workers (HOST=127.0.0.1 PORT=5001)
+	@$(PY) scripts/serve.py server $(ARGS)
+
+notebooks: setup ## Execute the analysis notebooks against your store; HTML in reports/
+	@$(PY) scripts/run_notebooks.py $(ARGS)
+
+lint: setup ## Check that notebooks are stored without outputs
+	@$(PY) scripts/strip_notebooks.py --check
+
+bench: setup ## Engine speed: this MLP vs the notebook's loop vs scikit-learn
+	@$(PY) scripts/bench_engine.py $(ARGS)
+
+bench-tracking: setup ## Tracking overhead of the default sweep vs naive per-epoch logging
+	@$(PY) scripts/bench_tracking.py $(ARGS)
+
+reproduce: setup ## Re-run a logged run from its stored config: make reproduce RUN_ID=...
+	@$(PY) scripts/reproduce.py $(RUN_ID) $(ARGS)
+
+clean: ## Remove run outputs (keeps mlflow.db and mlartifacts/)
+	rm -rf outputs multirun reports .pytest_cache
