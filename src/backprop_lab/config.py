@@ -114,20 +114,26 @@ class SGDConfig(_Section):
     name: Literal["sgd"]
     lr: PosFloat
     batch_size: PosInt = 32
+    # Reshuffle the mini-batches every epoch (the "shuffle" rng stream).
+    shuffle: bool = True
 
 
 class MomentumConfig(_Section):
     name: Literal["momentum"]
     lr: PosFloat
-    beta: Beta = 0.9
+    momentum: Beta = 0.9
+    # None = full batch.
     batch_size: PosInt | None = None
+    shuffle: bool = True
 
 
 class NesterovConfig(_Section):
     name: Literal["nesterov"]
     lr: PosFloat
-    beta: Beta = 0.9
+    momentum: Beta = 0.9
+    # None = full batch.
     batch_size: PosInt | None = None
+    shuffle: bool = True
 
 
 class AdamConfig(_Section):
@@ -137,6 +143,7 @@ class AdamConfig(_Section):
     beta2: Beta = 0.999
     eps: PosFloat = 1e-8
     batch_size: PosInt | None = None
+    shuffle: bool = True
 
 
 OptimConfig = Annotated[

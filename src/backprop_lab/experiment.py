@@ -1,0 +1,333 @@
+"""The whole life of one run: validate -> store -> skip or start -> train + gradcheck -> log -> end.
+
+`run(cfg, job)` is what the Hydra entry point calls; tests call it directly with a composed
+config and no Hydra CLI. Nothing is written to the store before the config is valid and the
+store is usable. Every run that started ends FINISHED or FAILED (KILLED on Ctrl-C), never RUNNING.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from backprop_lab import tracking
+from backprop_lab.config import ConfigError, RunConfig, config_key, flatten, validate
+from backprop_lab.tracking import StoreError
+
+__all__ = ["JobContext", "RunSummary", "run", "run_name", "ConfigError", "StoreError"]
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What the Hydra entry point knows about the job (scripts/train.py fills it from HydraConfig)."""
+
+    mode: str = "single"  # "single" | "multirun"
+    sweep_dir: str | None = None  # multirun: the sweep's output folder (finds the parent run)
+    job_num: int | None = None
+    overrides: tuple[str, ...] = ()  # the job's override strings, as typed or swept
+    preset: str | None = None  # the sweep preset's name (conf/sweep/<preset>.yaml)
+
+
+@dataclass
+class RunSummary:
+    """Outcome of one job; `line` is the one line printed for it."""
+
+    status: str  # finished | diverged | failed | skipped
+    run_name: str
+    run_id: str | None = None
+    config_key: str | None = None
+    test_acc: float | None = None
+    gradcheck_max_rel_err: float | None = None
+    seconds: float = 0.0
+    error: str | None = None
+    overrides: tuple[str, ...] = ()
+    line: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def run(cfg: Any, job: JobContext | None = None, *, out=None) -> RunSummary:
+    """Train and log one run. Raises ConfigError / StoreError in single mode before any write.
+
+    In multirun mode those become a failed summary too, so the other jobs of the sweep go on.
+    """
+    job = job or JobContext()
+    out = out or sys.stdout
+    t0 = time.perf_counter()
+    name = run_name(job.overrides)
+    try:
+        rc = validate(cfg)
+        uri, artifact_root = tracking.resolve_tracking(rc)
+        client = tracking.prepare_store(uri, artifact_root)
+        experiment_id = tracking.ensure_experiment(client, rc.experiment_name, artifact_root)
+    except (ConfigError, StoreError) as exc:
+        if job.mode != "multirun":
+            raise
+        summary = RunSummary("failed", name, error=str(exc), overrides=job.overrides,
+                             seconds=time.perf_counter() - t0)
+        return _report(summary, out)
+
+    key = config_key(rc)
+    if not rc.force:
+        previous = tracking.find_finished_run(client, experiment_id, key)
+        if previous is not None:
+            m = previous.data.metrics
+            summary = RunSummary("skipped", name, previous.info.run_id, key,
+                                 m.get("final/test_acc"), m.get("gradcheck/trained/max_rel_err"),
+                                 time.perf_counter() - t0, overrides=job.overrides,
+                                 error=f"already FINISHED as run {previous.info.run_id}")
+            return _report(summary, out)
+
+    parent_id = None
+    if job.mode == "multirun" and job.sweep_dir:
+        parent = tracking.find_parent_run(client, experiment_id, job.sweep_dir)
+        parent_id = parent.info.run_id if parent is not None else None
+    preset = job.preset or (rc.sweep or {}).get("preset") or ""
+    tags = {
+        "bpl.status": "running",
+        "bpl.config_key": key,
+        "bpl.role": "child" if job.mode == "multirun" else "single",
+        "bpl.preset": preset,
+        **({"bpl.sweep_dir": tracking.normalize_sweep_dir(job.sweep_dir)} if job.sweep_dir else {}),
+        **({"mlflow.parentRunId": parent_id} if parent_id else {}),
+        **tracking.environment_tags(),
+    }
+    mlflow_run = client.create_run(experiment_id, tags=tags, run_name=name)
+    run_id = mlflow_run.info.run_id
+    try:
+        result = _train_and_log(client, run_id, rc, job, t0)
+    except KeyboardInterrupt:
+        _end_failed(client, run_id, status="KILLED")
+        raise
+    except Exception as exc:  # noqa: BLE001 - any crash must end the run FAILED, with its traceback
+        _end_failed(client, run_id)
+        msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        summary = RunSummary("failed", name, run_id, key, seconds=time.perf_counter() - t0,
+                             error=msg, overrides=job.overrides)
+        return _report(summary, out)
+    status, metrics = result
+    summary = RunSummary(status, name, run_id, key, metrics.get("final/test_acc"),
+                         metrics.get("gradcheck/trained/max_rel_err",
+                                     metrics.get("gradcheck/init/max_rel_err")),
+                         time.perf_counter() - t0, overrides=job.overrides, metrics=metrics)
+    return _report(summary, out)
+
+
+def _report(summary: RunSummary, out) -> RunSummary:
+    acc = "-" if summary.test_acc is None else f"{summary.test_acc:.3f}"
+    err = "-" if summary.gradcheck_max_rel_err is None else f"{summary.gradcheck_max_rel_err:.1e}"
+    line = (f"{summary.run_name:<32} test_acc={acc:<6} gradcheck={err:<8} "
+            f"{summary.status:<9} {summary.seconds:6.2f}s")
+    if summary.error and summary.status in ("failed", "skipped"):
+        line += f"  ({summary.error})"
+    summary.line = line
+    print(line, file=out, flush=True)
+    return summary
+
+
+def _end_failed(client, run_id: str, status: str = "FAILED") -> None:
+    """Best effort: the traceback as an artifact, bpl.status=failed, run ended FAILED/KILLED."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="bpl-err-") as tmp:
+            folder = Path(tmp) / "error"
+            folder.mkdir()
+            (folder / "traceback.txt").write_text(traceback.format_exc())
+            client.log_artifacts(run_id, tmp)
+    finally:
+        tracking.log_tags(client, run_id, {"bpl.status": "failed" if status == "FAILED" else "killed"})
+        client.set_terminated(run_id, status)
+
+
+# --------------------------------------------------------------------------- run names
+
+# Short aliases of the keys users sweep (docs/architecture.md); others keep their last part.
+ALIASES = {
+    "optim.lr": "lr", "model.width": "width", "model.depth": "depth", "init": "init",
+    "init.name": "init", "optim": "opt", "optim.name": "opt", "data": "data", "data.name": "data",
+    "seed": "seed", "model.activation": "act",
+}
+_ORDER = ["lr", "width", "depth", "init", "opt", "data", "seed", "act"]
+
+
+def run_name(overrides) -> str:
+    """`lr=0.1 width=16 init=he` from the job's overrides; `defaults` when there are none."""
+    parts: dict[str, str] = {}
+    for text in overrides:
+        key, sep, value = str(text).lstrip("+~").partition("=")
+        if not sep or key.startswith("hydra") or key in ("sweep", "force") or key.startswith("tracking"):
+            continue
+        parts[ALIASES.get(key, key.rsplit(".", 1)[-1])] = value
+    ordered = sorted(parts, key=lambda k: (_ORDER.index(k) if k in _ORDER else len(_ORDER), k))
+    return " ".join(f"{k}={parts[k]}" for k in ordered) or "defaults"
+
+
+# --------------------------------------------------------------------------- the run's body
+
+
+@dataclass
+class Outcome:
+    """What the compute part hands to the logging part."""
+
+    status: str
+    diverged_epoch: int | None
+    history: dict[str, np.ndarray]
+    params: dict[str, np.ndarray]
+    scalars: dict[str, float]  # final/*, time/*, gradcheck/*
+    gradcheck: dict[str, Any]  # gradcheck.json
+
+
+def _compute(rc: RunConfig, dataset, model, progress):
+    """Gradient check at init, training, gradient check of the trained params."""
+    from backprop_lab.optim import make_optimizer
+    from backprop_lab.rng import make_rng
+    from backprop_lab.train import train
+
+    dtype = np.dtype(rc.train.dtype)
+    params = model.init_params(rc.init.name, make_rng(rc.seed, "init"), dtype=dtype, std=rc.init.std)
+    hp = rc.optim.model_dump(exclude={"name", "lr"})
+    optimizer = make_optimizer(rc.optim.name, rc.optim.lr, **hp)
+
+    gc_rng = make_rng(rc.seed, "gradcheck")
+    reports, scalars = {}, {}
+    gc_s = _gradcheck(rc, model, params, dataset, gc_rng, "init", reports, scalars)
+    result = train(model, params, dataset, optimizer, epochs=rc.train.epochs,
+                   rng=make_rng(rc.seed, "shuffle"), log_every=rc.train.log_every, callback=progress)
+    if progress is not None:
+        progress.close()
+    gc_s += _gradcheck(rc, model, result.params, dataset, gc_rng, "trained", reports, scalars)
+
+    scalars.update({k: float(v) for k, v in result.final.items()})
+    scalars.setdefault("final/epochs_run", float(len(result.history["epoch"])))
+    scalars["time/train_s"] = float(result.seconds)
+    scalars["time/gradcheck_s"] = gc_s
+    scalars["time/total_s"] = float(result.seconds) + gc_s
+    return Outcome(result.status, result.diverged_epoch, result.history, result.params,
+                   scalars, reports)
+
+
+def _gradcheck(rc, model, params, dataset, rng, when, reports, scalars) -> float:
+    """Check on a fixed float64 subset of the train set; adds gradcheck/<when>/* scalars."""
+    gc = rc.gradcheck
+    if not gc.enabled:
+        return 0.0
+    n_elements = sum(int(p.size) for p in params.values())
+    mode = gc.mode if gc.mode != "auto" else (
+        "full" if n_elements <= gc.max_full_elements else "directional")
+    X = np.asarray(dataset.X_train[: gc.n_samples], dtype=np.float64)
+    y = np.asarray(dataset.y_train[: gc.n_samples], dtype=np.float64)
+    if not all(np.isfinite(p).all() for p in params.values()):
+        reports[when] = {"skipped": "non-finite parameters (diverged run)"}
+        return 0.0
+    from backprop_lab.gradcheck import check_gradients
+
+    t = time.perf_counter()
+    try:
+        report = check_gradients(model, params, X, y, h=gc.h, mode=mode, rng=rng,
+                                 n_directions=gc.n_directions, threshold=gc.threshold)
+    except ValueError as exc:  # e.g. a non-finite loss after training
+        reports[when] = {"skipped": str(exc)}
+        return time.perf_counter() - t
+    seconds = time.perf_counter() - t
+    reports[when] = report.to_dict()
+    for name, pc in report.per_param.items():
+        scalars[f"gradcheck/{when}/{name}/max_rel_err"] = pc.max_rel_error
+        scalars[f"gradcheck/{when}/{name}/median_rel_err"] = pc.median_rel_error
+    scalars[f"gradcheck/{when}/max_rel_err"] = report.max_rel_error
+    scalars[f"gradcheck/{when}/kink_skipped"] = float(report.n_kink_skipped)
+    return seconds
+
+
+def _train_and_log(client, run_id: str, rc: RunConfig, job: JobContext, t0: float):
+    from backprop_lab import plots
+    from backprop_lab.data import load_dataset
+    from backprop_lab.mlp import MLP
+    from backprop_lab.rng import make_rng
+
+    tracking.log_params(client, run_id, flatten(rc))
+    dataset = load_dataset(rc.data.name, rng=make_rng(rc.seed, "data"), dtype=rc.train.dtype,
+                           n_samples=rc.data.n_samples, noise=rc.data.noise,
+                           test_fraction=rc.data.test_fraction)
+    tracking.log_dataset(client, run_id, dataset.X_train, dataset.y_train,
+                         name=f"{rc.data.name}-train", context="train")
+    model = MLP(rc.model.layer_sizes(dataset.X_train.shape[1]), activation=rc.model.activation)
+
+    outcome = _compute(rc, dataset, model, _progress(rc))
+    figures = {
+        "data": plots.data_figure(dataset),
+        "curves": plots.curves_figure(outcome.history),
+        "decision_boundary": plots.decision_boundary_figure(model, outcome.params, dataset),
+    }
+
+    now_ms = int(time.time() * 1000)
+    steps = outcome.history["epoch"]
+    series = [(k, steps, v) for k, v in outcome.history.items() if k != "epoch"]
+    tracking.log_history(client, run_id, tracking.metric_batch(series, now_ms))
+    with tempfile.TemporaryDirectory(prefix="bpl-art-") as tmp:
+        _write_artifacts(Path(tmp), rc, job, outcome, figures, plots.DPI)
+        tracking.log_artifact_dir(client, run_id, tmp)
+
+    # Last call: scalars, wall time so far and the end status, in one batch.
+    final = dict(outcome.scalars)
+    final["time/wall_s"] = time.perf_counter() - t0
+    end_tags = {"bpl.status": outcome.status}
+    if outcome.diverged_epoch is not None:
+        end_tags["bpl.diverged_epoch"] = outcome.diverged_epoch
+    metrics = tracking.metric_batch([(k, [0], [v]) for k, v in final.items()], now_ms)
+    tracking.log_metrics(client, run_id, metrics, tags=end_tags)
+    client.set_terminated(run_id, "FINISHED")
+    return outcome.status, final
+
+
+def _write_artifacts(folder: Path, rc: RunConfig, job: JobContext, outcome: Outcome,
+                     figures: dict, dpi: int) -> None:
+    (folder / "plots").mkdir()
+    (folder / "config").mkdir()
+    for name, fig in figures.items():
+        fig.savefig(folder / "plots" / f"{name}.png", dpi=dpi)
+    (folder / "config" / "config.yaml").write_text(
+        yaml.safe_dump(rc.model_dump(mode="json"), sort_keys=False))
+    (folder / "config" / "overrides.yaml").write_text(yaml.safe_dump(list(job.overrides)))
+    history = outcome.history
+    names = ["epoch"] + [k for k in history if k != "epoch"]
+    table = np.column_stack([np.asarray(history[k], dtype=np.float64) for k in names])  # (E, M+1)
+    buf = io.StringIO()
+    # %.17g: the exact history (the MLflow metrics are rounded for display).
+    np.savetxt(buf, table, delimiter=",", header=",".join(names), comments="", fmt="%.17g")
+    (folder / "history.csv").write_text(buf.getvalue())
+    np.savez(folder / "params.npz", **outcome.params)
+    (folder / "gradcheck.json").write_text(json.dumps(outcome.gradcheck, indent=1))
+
+
+class _Progress:
+    """`epoch k/E` on stderr, rewritten in place at most ~5 times a second."""
+
+    def __init__(self, epochs: int, stream):
+        self.epochs, self.stream, self.last = epochs, stream, time.perf_counter()
+        self.start, self.shown = self.last, False
+
+    def __call__(self, epoch, *args, **kwargs) -> None:
+        now = time.perf_counter()
+        # Only runs that last (> ~2 s) show anything.
+        if now - self.start > 2.0 and now - self.last > 0.2:
+            self.stream.write(f"\r  epoch {int(epoch) + 1}/{self.epochs}")
+            self.stream.flush()
+            self.last, self.shown = now, True
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\r" + " " * 40 + "\r")
+            self.stream.flush()
+
+
+def _progress(rc: RunConfig):
+    """Progress on stderr only when it is a TTY (logs and CI output stay clean)."""
+    return _Progress(rc.train.epochs, sys.stderr) if sys.stderr.isatty() else None
