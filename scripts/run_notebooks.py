@@ -1,0 +1,129 @@
+"""`make notebooks`: execute the analysis notebooks headless against a store, write HTML reports.
+
+    python scripts/run_notebooks.py [NOTEBOOK ...] [--tracking-uri URI] [--experiment NAME]
+                                    [--sweep latest|all|<parent run id>] [--out reports]
+
+The notebooks read their parameters from env vars (BPL_TRACKING_URI, BPL_EXPERIMENT,
+BPL_SWEEP); this script sets them for the kernel. Without --experiment each notebook reads
+its own default experiment (01 and 03: backprop-lab/default, 02: backprop-lab/deep_init).
+A notebook whose data is missing reports the one line saying what to run first; the others
+still run. Exit status 1 if any notebook did not run through.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+                 "RAY_USAGE_STATS_ENABLED": "0"}
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def count_figures(nb) -> int:
+    """Number of image outputs (PNG/SVG) in an executed notebook."""
+    return sum(1 for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
+               if any(k.startswith("image/") for k in out.get("data", {})))
+
+
+def execute(path: Path, env: dict[str, str], timeout: int = 600):
+    """Run every cell of notebook `path` in a fresh python3 kernel with `env` added to os.environ.
+
+    Returns the executed notebook; raises nbclient's CellExecutionError on the first failing cell.
+    The kernel starts in the notebook's folder and inherits this process's environment, which is
+    how the parameters reach it.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return nb
+
+
+def error_line(error: Exception) -> str:
+    """The one line a user needs from a failed cell: the AnalysisError message when there is one."""
+    text = ANSI.sub("", str(error))
+    found = re.findall(r"AnalysisError: (.+)", text)
+    if found:
+        return found[-1].strip()
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(error).__name__
+
+
+def write_html(nb, target: Path) -> None:
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    target.write_text(body, encoding="utf-8")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="*", help="notebook files (default: notebooks/*.ipynb)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow store (default: BPL_TRACKING_URI, MLFLOW_TRACKING_URI, "
+                             "else sqlite:///<repo>/mlflow.db)")
+    parser.add_argument("--experiment", default=os.environ.get("BPL_EXPERIMENT", ""),
+                        help="experiment for every notebook (default: each notebook's own)")
+    parser.add_argument("--sweep", default=os.environ.get("BPL_SWEEP", "latest"),
+                        help="parent run id, 'latest' (default) or 'all'")
+    parser.add_argument("--out", default=str(REPO / "reports"), help="folder for the HTML reports")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell")
+    args = parser.parse_args(argv)
+
+    os.environ.update(TELEMETRY_OFF)
+    from nbclient.exceptions import CellExecutionError
+
+    from backprop_lab import analysis
+
+    uri = args.tracking_uri or os.environ.get("BPL_TRACKING_URI") or analysis.default_tracking_uri()
+    try:
+        analysis._client(uri)  # fail in one line before starting any kernel if there is no store
+    except analysis.AnalysisError as error:
+        print(f"run_notebooks: {error}", file=sys.stderr)
+        return 1
+    paths = [Path(p) for p in args.notebooks] or sorted(NOTEBOOKS.glob("[0-9][0-9]-*.ipynb"))
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        print(f"run_notebooks: no such notebook: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = {"BPL_TRACKING_URI": uri, "BPL_EXPERIMENT": args.experiment, "BPL_SWEEP": args.sweep,
+           **TELEMETRY_OFF}
+    failed = 0
+    print(f"store: {uri}")
+    for path in paths:
+        start = time.perf_counter()
+        try:
+            nb = execute(path.resolve(), env, args.timeout)
+        except CellExecutionError as error:
+            failed += 1
+            print(f"  FAILED  {path.name}: {error_line(error)}")
+            continue
+        target = out / f"{path.stem}.html"
+        write_html(nb, target)
+        print(f"  ok      {path.name}: {count_figures(nb)} figures, "
+              f"{time.perf_counter() - start:.1f} s -> {target}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

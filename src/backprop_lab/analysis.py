@@ -1,0 +1,296 @@
+"""Pandas views of an MLflow store for the analysis notebooks (they read; they never train).
+
+The names read here (params, metrics, tags, artifacts) are the ones fixed in
+docs/architecture.md. Every loader takes the tracking URI explicitly, so a notebook can
+point at the repo's embedded store or at a temporary one in a test.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+# Before mlflow is imported: no outbound telemetry from a notebook kernel either.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import ViewType  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXPERIMENT_PREFIX = "backprop-lab/"
+CURVE_METRICS = ("train/loss", "train/acc", "test/loss", "test/acc")
+# Run-level metrics kept as columns of load_runs; per-epoch ones live in load_histories.
+RUN_METRIC_PREFIXES = ("final/", "time/", "gradcheck/")
+# Tidy column -> dotted config keys that may hold it (first one present wins).
+PARAM_COLUMNS = {
+    "lr": ("optim.lr",),
+    "width": ("model.width",),
+    "depth": ("model.depth",),
+    "init": ("init.scheme", "init.name", "model.init"),
+    "optimizer": ("optim.name", "optim.optimizer"),
+    "dataset": ("data.name", "data.dataset"),
+    "seed": ("train.seed", "seed"),
+    "activation": ("model.activation",),
+    "epochs": ("train.epochs",),
+}
+# Short aliases of run names (`lr=0.1 width=16 init=he`), a fallback when a param is absent.
+RUN_NAME_ALIASES = {"opt": "optimizer", "data": "dataset", "act": "activation"}
+COLUMN_TYPES = {"lr": "float64", "width": "Int64", "depth": "Int64", "seed": "Int64",
+                "epochs": "Int64", "init": "str", "optimizer": "str",
+                "dataset": "str", "activation": "str", "role": "str", "preset": "str",
+                "config_key": "str", "parent_run_id": "str"}
+
+
+class AnalysisError(RuntimeError):
+    """A missing store, experiment, sweep or artifact: one line saying what to run first."""
+
+
+def default_tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` when set, else the repo's embedded store `sqlite:///<repo>/mlflow.db`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+
+
+def make_command(experiment: str) -> str:
+    """The command that fills `experiment`: `make sweep` or `make sweep SWEEP=<preset>`."""
+    preset = experiment.removeprefix(EXPERIMENT_PREFIX)
+    if preset == "default":
+        return "make sweep"
+    if preset == "train":
+        return "make train"
+    return f"make sweep SWEEP={preset}"
+
+
+def cast_value(text: str | None):
+    """MLflow stores every param as a string: '0.1' -> 0.1, '16' -> 16, '[10, 10]' -> [10, 10]."""
+    if text is None:
+        return None
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    if text in ("True", "true", "False", "false"):
+        return text.lower() == "true"
+    if text in ("None", "null"):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _client(tracking_uri: str) -> MlflowClient:
+    # A SQLite URI whose file is missing would silently create an empty store: refuse instead.
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not path.exists():
+            raise AnalysisError(f"no MLflow store at {path}: run `make sweep` first "
+                                "(or set BPL_TRACKING_URI to an existing store)")
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _experiment_id(client: MlflowClient, experiment: str) -> str:
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = sorted(e.name for e in client.search_experiments() if e.name != "Default")
+        known = ", ".join(names) or "none"
+        raise AnalysisError(f"experiment {experiment!r} not found in {client.tracking_uri} "
+                            f"(known: {known}): run `{make_command(experiment)}` first")
+    return found.experiment_id
+
+
+def _search(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list:
+    runs, token = [], None
+    while True:  # pages of 1000: a sweep can outgrow one page
+        page = client.search_runs(experiment_ids, filter_string, ViewType.ACTIVE_ONLY,
+                                  max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _run_name_fields(run_name: str) -> dict:
+    fields = {}
+    for part in run_name.split():
+        key, sep, value = part.partition("=")
+        if sep:
+            fields[RUN_NAME_ALIASES.get(key, key)] = cast_value(value)
+    return fields
+
+
+def _row(run) -> dict:
+    params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
+    run_name = run.info.run_name or tags.get("mlflow.runName", "")
+    from_name = _run_name_fields(run_name)
+    row = {"run_id": run.info.run_id, "run_name": run_name,
+           "parent_run_id": tags.get("mlflow.parentRunId")}
+    for column, keys in PARAM_COLUMNS.items():
+        key = next((k for k in keys if k in params), None)
+        row[column] = cast_value(params[key]) if key else from_name.get(column)
+    # A config that lists hidden sizes instead of width/depth: width of the first layer.
+    hidden = cast_value(params.get("model.hidden_sizes"))
+    if isinstance(hidden, list) and hidden:
+        row["width"] = row["width"] if row["width"] is not None else hidden[0]
+        row["depth"] = row["depth"] if row["depth"] is not None else len(hidden)
+    # bpl.status is the project's verdict; MLflow's own status covers runs that died early.
+    row["status"] = tags.get("bpl.status") or run.info.status.lower()
+    row["diverged_epoch"] = cast_value(tags.get("bpl.diverged_epoch"))
+    for tag in ("role", "preset", "config_key"):
+        row[tag] = tags.get(f"bpl.{tag}")
+    row["start_time"] = run.info.start_time
+    row.update({k: v for k, v in metrics.items() if k.startswith(RUN_METRIC_PREFIXES)})
+    return row
+
+
+def load_runs(tracking_uri: str, experiment: str | None = None,
+              parent_run_id: str | None = None) -> pd.DataFrame:
+    """One row per run (parents excluded) of an experiment, or the children of one sweep.
+
+    Columns: run_id, run_name, parent_run_id, lr, width, depth, init, optimizer, dataset,
+    seed, activation, epochs (cast to their real types), status (`bpl.status`),
+    diverged_epoch, role, preset, config_key, start_time, then every `final/*`, `time/*`
+    and `gradcheck/*` metric under its MLflow name. Sorted by start time.
+    """
+    client = _client(tracking_uri)
+    if parent_run_id:
+        try:
+            parent = client.get_run(parent_run_id)
+        except Exception as error:  # MLflow raises its own type for an unknown id
+            raise AnalysisError(f"sweep (parent run) {parent_run_id!r} not found in "
+                                f"{tracking_uri}: pass a parent run id or 'latest'") from error
+        runs = _search(client, [parent.info.experiment_id],
+                       f"tags.mlflow.parentRunId = '{parent_run_id}'")
+        where = f"sweep {parent_run_id}"
+    elif experiment:
+        runs = _search(client, [_experiment_id(client, experiment)], "")
+        runs = [r for r in runs if r.data.tags.get("bpl.role") != "parent"]
+        where = f"experiment {experiment!r}"
+    else:
+        raise AnalysisError("load_runs needs experiment='backprop-lab/<preset>' or parent_run_id=...")
+    if not runs:
+        hint = make_command(experiment) if experiment else "make sweep"
+        raise AnalysisError(f"no runs in {where} of {tracking_uri}: run `{hint}` first")
+    frame = pd.DataFrame([_row(r) for r in runs])
+    frame = frame.astype({c: t for c, t in COLUMN_TYPES.items()})
+    frame["diverged_epoch"] = frame["diverged_epoch"].astype("Int64")
+    frame["start_time"] = pd.to_datetime(frame["start_time"], unit="ms")
+    return frame.sort_values("start_time", ignore_index=True)
+
+
+def latest_sweep(tracking_uri: str, experiment: str) -> str:
+    """The run id of the newest parent (sweep) run of `experiment`."""
+    client = _client(tracking_uri)
+    parents = client.search_runs([_experiment_id(client, experiment)], "tags.`bpl.role` = 'parent'",
+                                 max_results=1, order_by=["attributes.start_time DESC"])
+    if not parents:
+        raise AnalysisError(f"no sweep (parent run) in experiment {experiment!r} of "
+                            f"{tracking_uri}: run `{make_command(experiment)}` first")
+    return parents[0].info.run_id
+
+
+def load_sweep(tracking_uri: str, experiment: str, sweep: str | None = "latest"):
+    """The notebooks' entry: `sweep` is a parent run id, 'latest', or ''/'all' (every run).
+
+    Returns (runs DataFrame as in load_runs, parent run id or None).
+    """
+    if sweep in (None, "", "all"):
+        return load_runs(tracking_uri, experiment=experiment), None
+    parent = latest_sweep(tracking_uri, experiment) if sweep == "latest" else sweep
+    return load_runs(tracking_uri, parent_run_id=parent), parent
+
+
+def load_histories(tracking_uri: str, run_ids, metrics=CURVE_METRICS,
+                   max_workers: int = 8) -> pd.DataFrame:
+    """Per-epoch metrics of many runs in one long frame: columns run_id, epoch, metric, value.
+
+    One metric-history query per (run, metric), issued from a small thread pool because
+    each is a round trip to the store (a file query for SQLite, an HTTP call for a server).
+    """
+    client = _client(tracking_uri)
+    jobs = [(run_id, metric) for run_id in run_ids for metric in metrics]
+
+    def fetch(job):
+        run_id, metric = job
+        return [(run_id, m.step, metric, m.value) for m in client.get_metric_history(run_id, metric)]
+
+    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        rows = [row for rows in pool.map(fetch, jobs) for row in rows]
+    frame = pd.DataFrame(rows, columns=["run_id", "epoch", "metric", "value"])
+    return frame.astype({"epoch": "int64", "value": "float64"}).sort_values(
+        ["run_id", "metric", "epoch"], ignore_index=True)
+
+
+def aggregate_seeds(runs: pd.DataFrame, by=("lr", "width", "init"),
+                    metrics=("final/test_acc", "final/test_loss")) -> pd.DataFrame:
+    """Mean, sample std (ddof=1; NaN for a single seed) and count of `metrics` per group.
+
+    Returns one row per group: the `by` columns, `<metric> mean`, `<metric> std` for each
+    metric and `count` (runs in the group). NaN metric values (failed runs) are skipped.
+    """
+    by = list(by)
+    grouped = runs.groupby(by, dropna=False, observed=True)
+    out = grouped.size().rename("count").to_frame()
+    for metric in metrics:
+        out[f"{metric} mean"] = grouped[metric].mean()
+        out[f"{metric} std"] = grouped[metric].std(ddof=1)
+    return out.reset_index()
+
+
+def gradcheck_long(runs: pd.DataFrame) -> pd.DataFrame:
+    """The per-tensor gradient-check metrics of `runs` as rows: run_id, init, when, param, stat, value.
+
+    Reads columns `gradcheck/<when>/<param>/<stat>` (stat: max_rel_err, median_rel_err).
+    """
+    columns = [c for c in runs.columns if c.startswith("gradcheck/") and c.count("/") == 3]
+    long = runs.melt(id_vars=["run_id", "init"], value_vars=columns, var_name="key").dropna()
+    parts = long["key"].str.split("/", expand=True)
+    long["when"], long["param"], long["stat"] = parts[1], parts[2], parts[3]
+    return long.drop(columns="key")[["run_id", "init", "when", "param", "stat", "value"]]
+
+
+def run_image(tracking_uri: str, run_id: str, path: str = "plots/decision_boundary.png") -> np.ndarray:
+    """The PNG artifact `path` of a run as an image array (H, W, 3 or 4), floats in [0, 1]."""
+    import matplotlib.image as mpimg
+
+    client = _client(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client.download_artifacts(run_id, path, tmp)
+        except Exception as error:  # missing file or run: name both and what exists
+            folder = str(Path(path).parent) if "/" in path else None
+            try:
+                listed = ", ".join(a.path for a in client.list_artifacts(run_id, folder)) or "none"
+            except Exception:
+                listed = "unknown run"
+            raise AnalysisError(f"artifact {path!r} not found in run {run_id} "
+                                f"(present: {listed})") from error
+        return mpimg.imread(local)
+
+
+def plot_curves(ax, histories: pd.DataFrame, runs: pd.DataFrame, metric: str = "train/loss",
+                hue: str = "init", log: bool = True) -> None:
+    """Draw `metric` against epoch for every run on `ax`, one colour per value of runs[hue].
+
+    histories: long frame from load_histories; runs: frame from load_runs (for the hue column).
+    """
+    import matplotlib as mpl
+
+    data = histories[histories["metric"] == metric].merge(runs[["run_id", hue]], on="run_id")
+    levels = sorted(runs[hue].dropna().unique().tolist())
+    colours = dict(zip(levels, mpl.colormaps["tab10"].colors))
+    for level in levels:
+        for i, (_, curve) in enumerate(data[data[hue] == level].groupby("run_id")):
+            ax.plot(curve["epoch"], curve["value"], color=colours[level], lw=1, alpha=0.8,
+                    label=str(level) if i == 0 else None)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.legend(title=hue, fontsize=8)
