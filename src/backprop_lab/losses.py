@@ -41,3 +41,24 @@ def bce_with_logits(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarra
 def bce_loss(logits: np.ndarray, y: np.ndarray) -> float:
     """Mean BCE only (no gradient), for evaluation; logits, y: (N,)."""
     return float((np.maximum(logits, 0) - logits * y + np.log1p(np.exp(-np.abs(logits)))).mean())
+
+
+def bce_sum_and_grad(z, y, inv_n, e, out):
+    """Engine kernel for one chunk of a batch: returns (sum of the BCE terms, dz) without temporaries
+    of the chunk's size beyond the two given buffers.
+
+    z, y: (m,); inv_n: 1 / (size of the whole batch); e, out: (m,) scratch buffers of z's dtype.
+    dz = (sigmoid(z) - y) * inv_n is written into ``out`` and returned.
+    """
+    np.abs(z, out=e)
+    np.negative(e, out=e)
+    np.exp(e, out=e)  # e = exp(-|z|) in (0, 1]
+    np.maximum(z, 0, out=out)
+    out -= z * y
+    total = float(np.add.reduce(out)) + float(np.add.reduce(np.log1p(e)))
+    np.add(e, 1.0, out=out)
+    np.divide(1.0, out, out=out)  # sigmoid(|z|)
+    np.multiply(out, e, out=out, where=z < 0)  # sigmoid(z) = e / (1 + e) for z < 0
+    out -= y
+    out *= inv_n
+    return total, out

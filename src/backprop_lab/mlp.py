@@ -4,10 +4,17 @@
 chosen activation, the last one giving the logit of a binary classifier (the sigmoid lives in
 the loss, see ``losses.bce_with_logits``).
 
-Memory: ``forward``/``backward`` allocate fresh arrays unless a ``Workspace`` is passed, in
-which case every (N, H) array is written into the workspace's buffers and the returned cache
-and grads alias them (valid until the next call with the same workspace). The gradient check
-and tests call without a workspace; the training engine passes one.
+Two ways to get gradients, tested against each other:
+
+- ``forward`` / ``backward`` / ``loss_and_grads(params, X, y)``: the plain CS231n composition
+  of ``layers``, fresh arrays on every call (what tests and the gradient check use).
+- ``loss_and_grads(params, X, y, ws)`` with a ``Workspace``: the engine's fused path. Rows of
+  a batch are independent until the gradients are summed, so it runs forward, loss and
+  backward over blocks of rows small enough to stay in the CPU cache and accumulates the
+  gradients; no (N, H) array is ever materialised and nothing is allocated per step beyond
+  tiny temporaries. A batch that fits one block (the seed notebook's 320 x 10) is one pass of
+  the plain algorithm. Results agree with the plain path to rounding (the sums are grouped
+  differently) and are bit-identical from run to run.
 """
 
 from __future__ import annotations
@@ -16,26 +23,35 @@ import numpy as np
 
 from .initializers import init_params as _init_params
 from .layers import ACTIVATIONS, linear_backward, linear_forward
-from .losses import bce_loss, bce_with_logits, sigmoid
+from .losses import bce_loss, bce_sum_and_grad, bce_with_logits, sigmoid
+
+#: Bytes of one (rows, H) block buffer of the fused path; ~L2-sized blocks were fastest here.
+BLOCK_BYTES = 1 << 18
 
 
 class Workspace:
-    """Reusable buffers for a batch of exactly ``n`` samples of one dtype.
+    """Buffers of the fused path for batches of exactly ``n`` rows of one dtype.
 
-    a[l]: (n, H_l) hidden activations, l = 1..L-1; da[l]: (n, H_l) their gradients;
-    z: (n, 1) logits; grads: the gradient arrays, same names and shapes as the params.
+    After ``loss_and_grads(..., ws)``: ``ws.logits: (n,)``, ``ws.grads`` (same names and shapes as
+    the params; overwritten by the next call) and, with ``track_units=True``, ``ws.unit_max[l]:
+    (H_l,)`` = the largest activation of every hidden unit over the batch.
     """
 
     def __init__(self, model: "MLP", n: int, dtype=np.float64):
         self.n, self.dtype = int(n), np.dtype(dtype)
         sizes = model.layer_sizes
-        self.a = {l: np.empty((n, sizes[l]), self.dtype) for l in range(1, model.n_layers)}
-        self.da = {l: np.empty((n, sizes[l]), self.dtype) for l in range(1, model.n_layers)}
-        self.z = np.empty((n, 1), self.dtype)
-        self.grads = {}
+        widest = max(sizes[1:-1], default=1)
+        self.rows = max(1, min(self.n, BLOCK_BYTES // (self.dtype.itemsize * widest)))
+        r, hidden = self.rows, range(1, model.n_layers)
+        self.a = {l: np.empty((r, sizes[l]), self.dtype) for l in hidden}  # activations of a block
+        self.da = {l: np.empty((r, sizes[l]), self.dtype) for l in hidden}  # their gradients
+        self.unit_max = {l: np.empty(sizes[l], self.dtype) for l in hidden}
+        self.logits = np.empty(self.n, self.dtype)
+        self.dz, self.e, self.ones = np.empty(r, self.dtype), np.empty(r, self.dtype), np.ones(r, self.dtype)
+        self.grads, self.tmp = {}, {}
         for l in range(1, model.n_layers + 1):
-            self.grads[f"W{l}"] = np.empty((sizes[l - 1], sizes[l]), self.dtype)
-            self.grads[f"b{l}"] = np.empty(sizes[l], self.dtype)
+            for name, shape in ((f"W{l}", (sizes[l - 1], sizes[l])), (f"b{l}", (sizes[l],))):
+                self.grads[name], self.tmp[name] = np.empty(shape, self.dtype), np.empty(shape, self.dtype)
 
 
 class MLP:
@@ -71,45 +87,39 @@ class MLP:
         return _init_params(self.layer_sizes, scheme, rng, dtype=dtype, std=std)
 
     def workspace(self, n: int, dtype=np.float64) -> Workspace:
+        """Buffers for ``loss_and_grads(..., ws)`` on batches of ``n`` rows."""
         return Workspace(self, n, dtype)
 
-    def forward(self, params, X, ws: Workspace | None = None):
+    # ---- plain path -------------------------------------------------------------------------
+    def forward(self, params, X):
         """X: (N, D) -> (logits: (N,), cache)."""
         L = self.n_layers
         caches = []
         A = X
         for l in range(1, L):
-            # The activation overwrites Z in place: backward only needs A.
-            Z, lin = linear_forward(A, params[f"W{l}"], params[f"b{l}"], out=None if ws is None else ws.a[l])  # (N, H_l)
-            A, act = self._act_fwd(Z, out=Z)
+            Z, lin = linear_forward(A, params[f"W{l}"], params[f"b{l}"])  # (N, H_l)
+            A, act = self._act_fwd(Z, out=Z)  # Z itself is not needed by backward: overwrite it
             caches.append((lin, act))
-        z, lin = linear_forward(A, params[f"W{L}"], params[f"b{L}"], out=None if ws is None else ws.z)  # (N, 1)
+        z, lin = linear_forward(A, params[f"W{L}"], params[f"b{L}"])  # (N, 1)
         caches.append((lin, None))
-        return z[:, 0], (caches, ws)
+        return z[:, 0], caches
 
     def backward(self, dlogits, cache):
         """dlogits: (N,) -> grads with the params' names and shapes."""
-        caches, ws = cache
-        L = self.n_layers
-        grads = {} if ws is None else ws.grads
+        grads = {}
         dout = dlogits[:, None]  # (N, 1)
-        for l in range(L, 0, -1):
-            lin, act = caches[l - 1]
-            dA_out = None if (ws is None or l == 1) else ws.da[l - 1]
-            dx, dW, db = linear_backward(
-                dout, lin, dx_out=dA_out, need_dx=l > 1,
-                dW_out=grads.get(f"W{l}"), db_out=grads.get(f"b{l}"),
-            )  # dx: (N, H_{l-1})
-            grads[f"W{l}"], grads[f"b{l}"] = dW, db
+        for l in range(self.n_layers, 0, -1):
+            lin, _ = cache[l - 1]
+            dx, grads[f"W{l}"], grads[f"b{l}"] = linear_backward(dout, lin, need_dx=l > 1)  # dx: (N, H_{l-1})
             if l > 1:
-                dout = self._act_bwd(dx, caches[l - 2][1], out=dx)
-        if ws is None:
-            grads = {k: grads[k] for k in self.param_names}
-        return grads
+                dout = self._act_bwd(dx, cache[l - 2][1], out=dx)
+        return {k: grads[k] for k in self.param_names}
 
-    def loss_and_grads(self, params, X, y, ws: Workspace | None = None):
-        """X: (N, D), y: (N,) -> (mean BCE, grads)."""
-        logits, cache = self.forward(params, X, ws)
+    def loss_and_grads(self, params, X, y, ws: Workspace | None = None, track_units: bool = False):
+        """X: (N, D), y: (N,) -> (mean BCE, grads). With ``ws``: the fused path (module docstring)."""
+        if ws is not None:
+            return self._fused(params, X, y, ws, track_units)
+        logits, cache = self.forward(params, X)
         loss, dlogits = bce_with_logits(logits, y)
         return loss, self.backward(dlogits, cache)
 
@@ -130,3 +140,46 @@ class MLP:
             out.append(Z)
             A, _ = self._act_fwd(Z)
         return out
+
+    # ---- fused path -------------------------------------------------------------------------
+    def _fused(self, params, X, y, ws, track_units):
+        n, L, R = X.shape[0], self.n_layers, ws.rows
+        if n != ws.n:
+            raise ValueError(f"workspace is for batches of {ws.n} rows, got {n}")
+        act_fwd, act_bwd, grads, tmp = self._act_fwd, self._act_bwd, ws.grads, ws.tmp
+        W = [None] + [params[f"W{l}"] for l in range(1, L + 1)]
+        b = [None] + [params[f"b{l}"] for l in range(1, L + 1)]
+        w_out = W[L][:, 0]  # (H_{L-1},) view of the output weights
+        inv_n, total = 1.0 / n, 0.0
+        for s in range(0, n, R):
+            m = min(R, n - s)
+            # The first block writes the gradients, later blocks add into them.
+            gout = grads if s == 0 else tmp
+            acts, act_caches = [X[s:s + m]], [None]  # A_0 .. A_{L-1} of this block, each (m, H_l)
+            for l in range(1, L):
+                Z = ws.a[l][:m]
+                np.dot(acts[-1], W[l], out=Z)  # (m, H_l)
+                Z += b[l]
+                A, cache = act_fwd(Z, out=Z)
+                acts.append(A)
+                act_caches.append(cache)
+                if track_units:
+                    um = acts[-1].max(axis=0)
+                    np.maximum(ws.unit_max[l], um, out=ws.unit_max[l]) if s else np.copyto(ws.unit_max[l], um)
+            z = ws.logits[s:s + m]
+            np.dot(acts[-1], w_out, out=z)  # (m,)
+            z += b[L]
+            part, dz = bce_sum_and_grad(z, y[s:s + m], inv_n, ws.e[:m], ws.dz[:m])
+            total += part
+            dout, ones = dz[:, None], ws.ones[:m]  # (m, 1)
+            for l in range(L, 0, -1):
+                np.dot(acts[l - 1].T, dout, out=gout[f"W{l}"])  # (H_{l-1}, H_l)
+                np.dot(ones, dout, out=gout[f"b{l}"])  # (H_l,): a BLAS sum, far faster than sum(axis=0)
+                if s:
+                    grads[f"W{l}"] += tmp[f"W{l}"]
+                    grads[f"b{l}"] += tmp[f"b{l}"]
+                if l > 1:
+                    dA = ws.da[l - 1][:m]
+                    np.dot(dout, W[l].T, out=dA)  # (m, H_{l-1})
+                    dout = act_bwd(dA, act_caches[l - 1], out=dA)
+        return total * inv_n, grads

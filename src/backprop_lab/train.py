@@ -1,0 +1,204 @@
+"""The training loop: ``Trainer`` (the bare engine step) and ``train`` (history, diagnostics, divergence).
+
+History row ``i`` describes the parameters at the *start* of epoch ``history["epoch"][i]`` (as
+in the seed notebook, whose loss curve records the loss before each update):
+
+- ``train/loss``, ``train/acc``: full batch: taken from the training forward pass itself; mini
+  batch: one extra forward + backward over the whole training set at the start of the epoch.
+- ``test/loss``, ``test/acc``: the test set at the same parameters.
+- ``grad_norm/W{l}``: Frobenius norm of the full-training-set gradient of ``W{l}``.
+- ``update_ratio/W{l}``: ||W{l} after the epoch - W{l} before|| / ||W{l} before|| (0/0 -> 0;
+  a zero weight matrix that moves gives ||update|| / 1e-12, i.e. huge, on purpose).
+- ``dead_relu/layer{l}`` (relu, leaky_relu): fraction of the units of hidden layer l whose
+  activation is <= 0 for every training sample.
+
+Divergence: a non-finite training loss, or a non-finite parameter or metric (a norm that
+overflows float64 counts: |W| > ~1e154) at a logged epoch or at the end, stops the run with ``status="diverged"`` and ``diverged_epoch`` = the epoch at which it was
+detected; the history keeps only the epochs before it (all finite). The ``final/*`` metrics of
+a diverged run repeat its last finite history row (NaN if there is none), while ``params`` are
+returned as they are (non-finite).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .losses import bce_loss
+
+_TINY = 1e-12
+
+
+@dataclass
+class TrainResult:
+    history: dict[str, np.ndarray]
+    status: str  # "finished" | "diverged"
+    diverged_epoch: int | None
+    final: dict[str, float]
+    params: dict[str, np.ndarray]
+    seconds: float
+    metric_names: list[str] = field(default_factory=list)
+
+
+class Trainer:
+    """The bare engine: forward + backward + update, no diagnostics, all buffers reused.
+
+    ``Trainer(model, params, optimizer, X, y, rng=None)`` updates ``params`` in place;
+    ``epoch()`` runs one epoch (one step for a full-batch optimizer, shuffled mini-batches
+    otherwise; ``rng`` is the "shuffle" stream) and returns the last step's loss. This is what
+    the speed benchmark times. X: (N, D) and y: (N,) are cast to the params' dtype once.
+    """
+
+    def __init__(self, model, params, optimizer, X, y, rng=None):
+        self.model, self.params, self.optimizer = model, params, optimizer
+        self.dtype = params["W1"].dtype
+        self.X = np.ascontiguousarray(X, dtype=self.dtype)
+        self.y = np.ascontiguousarray(y, dtype=self.dtype)
+        self.n = self.X.shape[0]
+        self.state = optimizer.init_state(params)
+        self.full = optimizer.batch_size is None
+        self.ws_full = model.workspace(self.n, self.dtype)
+        if not self.full:
+            if optimizer.shuffle and rng is None:
+                raise ValueError("a shuffling mini-batch optimizer needs rng (the 'shuffle' stream)")
+            self.rng = rng
+            self.bs = min(int(optimizer.batch_size), self.n)
+            sizes = {self.bs, self.n % self.bs or self.bs}
+            self.ws = {b: model.workspace(b, self.dtype) for b in sizes}
+            self.Xb = {b: np.empty((b, self.X.shape[1]), self.dtype) for b in sizes}
+            self.yb = {b: np.empty(b, self.dtype) for b in sizes}
+        self.last_logits = None
+
+    def step(self) -> float:
+        """One full-batch step; returns the loss at the parameters before the update."""
+        loss, grads = self.model.loss_and_grads(self.params, self.X, self.y, self.ws_full)
+        self.optimizer.step(self.params, grads, self.state)
+        return loss
+
+    def epoch(self) -> float:
+        if self.full:
+            return self.step()
+        order = self.rng.permutation(self.n) if self.optimizer.shuffle else np.arange(self.n)
+        loss = 0.0
+        for start in range(0, self.n, self.bs):
+            idx = order[start:start + self.bs]
+            b = idx.shape[0]
+            Xb, yb = np.take(self.X, idx, axis=0, out=self.Xb[b]), np.take(self.y, idx, out=self.yb[b])
+            loss, grads = self.model.loss_and_grads(self.params, Xb, yb, self.ws[b])
+            if not math.isfinite(loss):
+                return loss
+            self.optimizer.step(self.params, grads, self.state)
+        return loss
+
+
+def _acc(logits, y) -> float:
+    return float(np.mean((logits >= 0) == y))  # p >= 0.5 exactly when the logit is >= 0
+
+
+def _sqnorm(a) -> float:
+    a = a.ravel()
+    return float(np.dot(a, a))
+
+
+def metric_names(model) -> list[str]:
+    """The per-epoch history keys (MLflow metric names) ``train`` produces for ``model``."""
+    L = model.n_layers
+    names = ["train/loss", "train/acc", "test/loss", "test/acc"]
+    names += [f"grad_norm/W{l}" for l in range(1, L + 1)]
+    names += [f"update_ratio/W{l}" for l in range(1, L + 1)]
+    if model.activation in ("relu", "leaky_relu"):
+        names += [f"dead_relu/layer{l}" for l in range(1, L)]
+    return names
+
+
+def train(model, params, dataset, optimizer, *, epochs, rng, log_every=1, callback=None) -> TrainResult:
+    """Train a copy of ``params`` for ``epochs`` epochs; see the module docstring for the history.
+
+    rng: the "shuffle" stream (unused by full-batch optimizers). log_every: record the metrics
+    every ``log_every`` epochs (epoch 0 and the last epoch are always recorded).
+    callback(epoch, metrics) is called after each recorded epoch.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+    if isinstance(log_every, bool) or not isinstance(log_every, (int, np.integer)) or log_every < 1:
+        raise ValueError(f"log_every must be a positive integer, got {log_every!r}")
+    t0 = time.perf_counter()
+    params = {k: v.copy() for k, v in params.items()}
+    tr = Trainer(model, params, optimizer, dataset.X_train, dataset.y_train, rng)
+    X_test = np.ascontiguousarray(dataset.X_test, dtype=tr.dtype)
+    y_test = np.ascontiguousarray(dataset.y_test, dtype=tr.dtype)
+    ws = tr.ws_full
+    L = model.n_layers
+    W_names = [f"W{l}" for l in range(1, L + 1)]
+    track_dead = model.activation in ("relu", "leaky_relu")
+    names = metric_names(model)
+    logged = [e for e in range(epochs) if e % log_every == 0 or e == epochs - 1]
+    hist = {k: np.full(len(logged), np.nan) for k in names}
+    hist_epoch = np.asarray(logged, dtype=np.int64)
+    W_before = {k: np.empty_like(params[k]) for k in W_names}
+    row, status, diverged_epoch = 0, "finished", None
+
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        for epoch in range(epochs):
+            is_log = row < len(logged) and logged[row] == epoch
+            if tr.full and not is_log:
+                if not math.isfinite(tr.step()):
+                    status, diverged_epoch = "diverged", epoch
+                    break
+                continue
+            if is_log:
+                # Start-of-epoch evaluation; for full batch it *is* the training step (same fused path).
+                loss, grads = model.loss_and_grads(params, tr.X, tr.y, ws, track_units=track_dead)
+                if not math.isfinite(loss) or not all(math.isfinite(_sqnorm(p)) for p in params.values()):
+                    status, diverged_epoch = "diverged", epoch
+                    break
+                m = {"train/loss": loss, "train/acc": _acc(ws.logits, tr.y)}
+                if track_dead:  # a unit is dead when no training sample activates it
+                    for l in range(1, L):
+                        m[f"dead_relu/layer{l}"] = float(np.mean(ws.unit_max[l] <= 0))
+                for k in W_names:
+                    m[f"grad_norm/{k}"] = math.sqrt(_sqnorm(grads[k]))
+                    np.copyto(W_before[k], params[k])
+                test_logits, _ = model.forward(params, X_test)
+                m["test/loss"], m["test/acc"] = bce_loss(test_logits, y_test), _acc(test_logits, y_test)
+                if tr.full:
+                    optimizer.step(params, grads, tr.state)
+                elif not math.isfinite(tr.epoch()):
+                    status, diverged_epoch = "diverged", epoch
+                    break
+                for k in W_names:
+                    w = _sqnorm(W_before[k])
+                    du = _sqnorm(np.subtract(params[k], W_before[k], out=W_before[k]))  # buffer now holds the update
+                    m[f"update_ratio/{k}"] = 0.0 if du == 0 else math.sqrt(du) / max(math.sqrt(w), _TINY)
+                if not all(math.isfinite(v) for v in m.values()):  # e.g. a gradient norm overflowed
+                    status, diverged_epoch = "diverged", epoch
+                    break
+                for k in names:
+                    hist[k][row] = m[k]
+                row += 1
+                if callback is not None:
+                    callback(epoch, m)
+            elif not math.isfinite(tr.epoch()):
+                status, diverged_epoch = "diverged", epoch
+                break
+        if status == "finished" and not all(math.isfinite(_sqnorm(p)) for p in params.values()):
+            status, diverged_epoch = "diverged", epochs
+        seconds = time.perf_counter() - t0
+        history = {"epoch": hist_epoch[:row], **{k: v[:row] for k, v in hist.items()}}
+        if status == "finished":
+            final = {
+                "final/train_loss": model.loss(params, tr.X, tr.y),
+                "final/train_acc": _acc(model.forward(params, tr.X)[0], tr.y),
+                "final/test_loss": model.loss(params, X_test, y_test),
+                "final/test_acc": _acc(model.forward(params, X_test)[0], y_test),
+            }
+        else:
+            last = row - 1
+            final = {f"final/{k.replace('/', '_')}": float(hist[k][last]) if last >= 0 else math.nan
+                     for k in ("train/loss", "train/acc", "test/loss", "test/acc")}
+        final["final/epochs_run"] = float(epochs if diverged_epoch is None else diverged_epoch)
+    return TrainResult(history=history, status=status, diverged_epoch=diverged_epoch, final=final,
+                       params=params, seconds=seconds, metric_names=names)
