@@ -2,19 +2,21 @@
 
 import os
 import sys
+from pathlib import Path
 
-# Telemetry off before anything heavy is imported.
 for _k, _v in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"), ("RAY_USAGE_STATS_ENABLED", "0")):
-    os.environ.setdefault(_k, _v)
+    os.environ.setdefault(_k, _v)  # telemetry off before anything imports mlflow
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg):
-    from backprop_lab.experiment import ConfigError, JobContext, StoreError, run
+    from backprop_lab.experiment import JobContext, UserError, run
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
@@ -24,13 +26,20 @@ def main(cfg):
                      overrides=tuple(hc.overrides.task), preset=hc.runtime.choices.get("sweep"))
     try:
         summary = run(cfg, job)
-    except (ConfigError, StoreError) as exc:  # single run: one line, nothing written
+    except UserError as exc:  # single run: one line (bad config, unusable store), nothing written
         print(exc, file=sys.stderr)
-        sys.exit(2 if isinstance(exc, ConfigError) else 1)
+        sys.exit(2 if exc.__class__.__name__ == "ConfigError" else 1)
     if summary.status == "failed" and not multirun:
         sys.exit(1)
     return summary
 
 
 if __name__ == "__main__":
+    if not any(a.startswith("-") for a in sys.argv[1:]):  # single run: Hydra's errors in one line too
+        from backprop_lab.config import ConfigError, check_overrides
+
+        try:
+            check_overrides(CONF, sys.argv[1:])
+        except ConfigError as exc:
+            sys.exit(print(exc, file=sys.stderr) or 2)
     main()

@@ -20,11 +20,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from backprop_lab import tracking
-from backprop_lab.config import ConfigError, RunConfig, config_key, flatten, validate
-from backprop_lab.tracking import StoreError
+from backprop_lab.config import ConfigError, RunConfig, UserError, config_key, flatten, validate
 
-__all__ = ["JobContext", "RunSummary", "run", "run_name", "ConfigError", "StoreError"]
+__all__ = ["JobContext", "RunSummary", "run", "run_name", "ConfigError", "UserError"]
 
 
 @dataclass(frozen=True)
@@ -66,10 +64,12 @@ def run(cfg: Any, job: JobContext | None = None, *, out=None) -> RunSummary:
     name = run_name(job.overrides)
     try:
         rc = validate(cfg)
+        from backprop_lab import tracking  # mlflow takes seconds to import: only for valid configs
+
         uri, artifact_root = tracking.resolve_tracking(rc)
         client = tracking.prepare_store(uri, artifact_root)
         experiment_id = tracking.ensure_experiment(client, rc.experiment_name, artifact_root)
-    except (ConfigError, StoreError) as exc:
+    except UserError as exc:
         if job.mode != "multirun":
             raise
         summary = RunSummary("failed", name, error=str(exc), overrides=job.overrides,
@@ -136,6 +136,8 @@ def _report(summary: RunSummary, out) -> RunSummary:
 
 def _end_failed(client, run_id: str, status: str = "FAILED") -> None:
     """Best effort: the traceback as an artifact, bpl.status=failed, run ended FAILED/KILLED."""
+    from backprop_lab import tracking
+
     try:
         with tempfile.TemporaryDirectory(prefix="bpl-err-") as tmp:
             folder = Path(tmp) / "error"
@@ -247,7 +249,7 @@ def _gradcheck(rc, model, params, dataset, rng, when, reports, scalars) -> float
 
 
 def _train_and_log(client, run_id: str, rc: RunConfig, job: JobContext, t0: float):
-    from backprop_lab import plots
+    from backprop_lab import plots, tracking
     from backprop_lab.data import load_dataset
     from backprop_lab.mlp import MLP
     from backprop_lab.rng import make_rng

@@ -8,6 +8,7 @@ Imports no layer internals (core modules); see docs/pipeline.md for the why of e
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import platform
@@ -18,6 +19,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+from backprop_lab.config import UserError
 
 # Before mlflow is imported anywhere through us: no outbound telemetry, and a client that gives
 # up quickly on a dead server instead of retrying for minutes (users can still override these).
@@ -39,7 +42,7 @@ PARAM_VALUE_MAX = 6000  # MLflow's param value length limit
 HEALTH_TIMEOUT_S = 2.5
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """The tracking store cannot be used; `str()` is one line naming the URI or path."""
 
 
@@ -85,6 +88,9 @@ def prepare_store(uri: str, artifact_root: str | None = None) -> MlflowClient:
             _check_writable_dir(Path(artifact_root), f"artifact root {artifact_root}")
     elif uri.startswith(("http://", "https://")):
         check_server(uri)
+    # "Creating initial MLflow database tables..." is noise in a sweep's one-line-per-run output.
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     client = MlflowClient(tracking_uri=uri)
     try:
         client.search_experiments(max_results=1)  # builds the SQLite schema on first use
