@@ -1,0 +1,332 @@
+"""Start `mlflow ui` / `mlflow server` over the project's store with light settings.
+
+`start_mlflow(mode, ...)` returns a handle with `.url` and `.stop()`; `scripts/serve.py` (used by
+`make ui` and `make server`) wraps it with Ctrl-C / SIGTERM handling.
+
+Why these settings:
+- `--workers 1` and `MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false`: the defaults start 4 uvicorn workers
+  and a background job runner (~2-3 GB, ~30 s to ready); one worker is ~0.5 GB and ready in ~10 s.
+- The store is created here (or by `tracking.prepare_store`) before MLflow sees it, with an explicit
+  local artifact location: a SQLite store first created by the server gets `mlflow-artifacts:`
+  locations that SQLite clients (`make train`) cannot write.
+- `ui` mode gives new experiments a local artifact root (readable and writable by SQLite clients);
+  `server` mode gives them `mlflow-artifacts:/`, i.e. uploads go through the server into
+  `--artifacts-destination`, so remote workers need no shared filesystem. Both use the same folder.
+- The child runs in its own session (process group): Ctrl-C in a terminal reaches only us, and
+  `stop()` ends MLflow's whole tree (uvicorn workers included) by group id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+MODES = ("ui", "server")
+DEFAULT_PORTS = {"ui": 5000, "server": 5001}
+# Outbound look-ups off: MLflow telemetry, generic opt-out, Ray (if anything imports it).
+QUIET_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+}
+
+
+class ServeError(RuntimeError):
+    """A problem the user can fix (busy port, unwritable store, ...); the message is one line."""
+
+
+def repo_root() -> Path:
+    """The checkout holding this package (editable install), else the current directory."""
+    here = Path(__file__).resolve().parents[2]
+    return here if (here / "pyproject.toml").exists() else Path.cwd()
+
+
+def default_store_uri() -> str:
+    return f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def default_artifact_root() -> str:
+    return str(repo_root() / "mlartifacts")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free right now on `host` (for tests and benchmarks)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise ServeError if something already listens on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # SO_REUSEADDR like uvicorn, so a port in TIME_WAIT is not reported as busy.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ServeError(
+                    f"port {port} on {host} is already in use (another mlflow ui/server?); "
+                    f"stop it or pick a free one with --port / PORT=N"
+                ) from None
+            raise ServeError(f"cannot bind {host}:{port}: {e.strerror}; check --host") from None
+
+
+def _local_dir_of(uri: str) -> Path | None:
+    """The local folder behind a path or file: URI, None for remote URIs (s3:, http:, ...)."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path if parsed.scheme else uri).expanduser().resolve()
+    return None
+
+
+def _ensure_writable_dir(path: Path, what: str, option: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".bpl-write-check-"):
+            pass
+    except OSError as e:
+        raise ServeError(f"{what} {path} is not writable ({e.strerror}); pass a writable {option}") from None
+
+
+def check_store(store_uri: str, artifact_root: str) -> None:
+    """Fail early, in one line, on a store or artifact folder that cannot be written."""
+    if store_uri.startswith("sqlite:///"):
+        db = Path(store_uri[len("sqlite:///"):])
+        if not db.is_absolute():
+            raise ServeError(f"--store-uri {store_uri} must be absolute (sqlite:////abs/path/mlflow.db)")
+        _ensure_writable_dir(db.parent, "store folder", "--store-uri")
+        if db.exists() and not os.access(db, os.W_OK):
+            raise ServeError(f"store {db} is read-only; pass a writable --store-uri")
+    elif store_uri.startswith("sqlite:"):
+        raise ServeError(f"--store-uri {store_uri}: use sqlite:////absolute/path/mlflow.db")
+    local = _local_dir_of(artifact_root)
+    if local is not None:
+        _ensure_writable_dir(local, "artifact root", "--artifact-root")
+
+
+def prepare_store(store_uri: str, artifact_root: str) -> None:
+    """Create the tables and the Default experiment with an explicit local artifact location.
+
+    MLflow's client would give Default `<cwd>/mlruns` and the server `mlflow-artifacts:/0`, so the
+    store is created here first; then the project's `tracking.prepare_store` (when present) runs
+    its own checks on it. Raises ServeError with one line.
+    """
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # no migration chatter
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # noqa: PLC0415 - slow import
+
+    local = _local_dir_of(artifact_root)
+    try:
+        store = SqlAlchemyStore(store_uri, local.as_uri() if local is not None else artifact_root)
+        store.engine.dispose()  # release the SQLite file before the server opens it
+    except Exception as e:  # sqlalchemy / mlflow errors: locked, corrupt, unreachable database
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ServeError(f"store {store_uri} cannot be opened: {first}") from None
+    try:
+        from backprop_lab import tracking  # noqa: PLC0415 - experiment layer, optional
+    except ImportError:
+        return
+    if hasattr(tracking, "prepare_store"):
+        try:
+            tracking.prepare_store(store_uri, str(local) if local is not None else artifact_root)
+        except Exception as e:  # tracking.StoreError is already one line
+            raise ServeError(str(e)) from None
+
+
+def store_exists(store_uri: str) -> bool:
+    """True for a SQLite file that already holds MLflow's schema (skips a ~3-10 s mlflow import)."""
+    if not store_uri.startswith("sqlite:///"):
+        return False
+    db = Path(store_uri[len("sqlite:///"):])
+    if not db.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as con:
+            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.Error:
+        return False
+    return {"alembic_version", "experiments"} <= names
+
+
+@dataclass
+class MlflowProcess:
+    """A running `mlflow ui|server`; `stop()` ends its whole process group."""
+
+    mode: str
+    url: str
+    proc: subprocess.Popen
+    log_path: Path
+    store_uri: str
+    artifact_root: str
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM the group, wait, then SIGKILL what is left. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        pgid = self.proc.pid  # start_new_session=True: the leader's pid is the group id
+        _signal_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _group_alive(pgid):
+            self.proc.poll()  # reap the leader so it does not linger as a zombie
+            time.sleep(0.1)
+        if _group_alive(pgid):
+            _signal_group(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+
+    def __enter__(self) -> MlflowProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie leader still counts for killpg; look for a live member in /proc.
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
+
+
+def build_command(mode, store_uri, artifact_root, host, port, allowed_hosts, workers) -> list[str]:
+    local = _local_dir_of(artifact_root)
+    destination = local.as_uri() if local is not None else artifact_root
+    cmd = [
+        sys.executable, "-m", "mlflow", mode,
+        "--backend-store-uri", store_uri,
+        "--host", host, "--port", str(port), "--workers", str(workers),
+        "--serve-artifacts", "--artifacts-destination", destination,
+    ]  # fmt: skip
+    if mode == "ui":
+        # New experiments made in the UI keep a local location that SQLite clients can write.
+        cmd += ["--default-artifact-root", destination]
+    if allowed_hosts:
+        cmd += ["--allowed-hosts", allowed_hosts]
+    return cmd
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServeError(f"mlflow exited with code {proc.returncode} before {url}/health answered")
+        with contextlib.suppress(OSError, urllib.error.URLError):
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        time.sleep(0.25)
+    raise ServeError(f"{url}/health did not answer within {timeout:.0f} s")
+
+
+def start_mlflow(
+    mode: str = "ui",
+    *,
+    store_uri: str | None = None,
+    artifact_root: str | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    allowed_hosts: str | None = None,
+    workers: int = 1,
+    timeout: float = 120.0,
+    log_path: str | Path | None = None,
+    prepare: bool = True,
+) -> MlflowProcess:
+    """Start `mlflow <mode>` and return once `/health` answers.
+
+    store_uri: backend store (default sqlite:///<repo>/mlflow.db); artifact_root: local folder or
+    URI for artifacts (default <repo>/mlartifacts). Binding a non-loopback `host` needs an explicit
+    `allowed_hosts` (MLflow's Host-header allow-list). Raises ServeError with a one-line message.
+    """
+    if mode not in MODES:
+        raise ServeError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    store_uri = store_uri or default_store_uri()
+    artifact_root = artifact_root or default_artifact_root()
+    port = DEFAULT_PORTS[mode] if port is None else int(port)
+    if not is_loopback(host) and not allowed_hosts:
+        raise ServeError(
+            f"--host {host} exposes MLflow (no authentication) beyond this machine; "
+            f"also pass --allowed-hosts / ALLOWED_HOSTS=name:port,... to accept those Host headers"
+        )
+    check_port_free(host, port)
+    check_store(store_uri, artifact_root)
+    if prepare and store_uri.startswith(("sqlite:", "postgresql", "mysql")) and not store_exists(store_uri):
+        prepare_store(store_uri, artifact_root)
+
+    if log_path is None:
+        fd, log_name = tempfile.mkstemp(prefix=f"mlflow-{mode}-", suffix=".log")
+        os.close(fd)
+        log_path = log_name
+    log_path = Path(log_path)
+    env = {**os.environ, **QUIET_ENV}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the server's own store comes from --backend-store-uri
+    cmd = build_command(mode, store_uri, artifact_root, host, port, allowed_hosts, workers)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            env=env, start_new_session=True,
+        )  # fmt: skip
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    handle = MlflowProcess(mode, f"http://{shown_host}:{port}", proc, log_path, store_uri, artifact_root)
+    try:
+        wait_healthy(handle.url, proc, timeout)
+    except BaseException as e:
+        handle.stop()
+        if isinstance(e, ServeError):
+            last = handle.log_tail(1).strip()
+            raise ServeError(f"{e}; last log line: {last or '(empty)'} (log: {log_path})") from None
+        raise
+    return handle
