@@ -1,0 +1,159 @@
+"""train(): history and diagnostics, determinism, convergence, divergence, symmetry of zero init."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from backprop_lab.data import load_dataset
+from backprop_lab.mlp import MLP
+from backprop_lab.optim import make_optimizer
+from backprop_lab.rng import make_rng
+from backprop_lab.train import Trainer, metric_names, train
+
+
+def run(data="blobs", hidden=(10,), act="relu", init="he", opt="gd", lr=0.1, epochs=1000, seed=0,
+        dtype=np.float64, log_every=1, callback=None, **hp):
+    dataset = load_dataset(data, rng=make_rng(seed, "data"), dtype=dtype)
+    model = MLP((2, *hidden, 1), act)
+    params = model.init_params(init, make_rng(seed, "init"), dtype=dtype)
+    result = train(model, params, dataset, make_optimizer(opt, lr, **hp), epochs=epochs,
+                   rng=make_rng(seed, "shuffle"), log_every=log_every, callback=callback)
+    return model, params, dataset, result
+
+
+def test_defaults_converge_on_blobs():
+    # The seed notebook's set-up: blobs, [10] relu, he, full-batch gd, lr 0.1, 1000 epochs.
+    _, _, _, r = run()
+    assert r.status == "finished" and r.diverged_epoch is None
+    assert r.final["final/test_acc"] >= 0.97
+    assert r.final["final/epochs_run"] == 1000
+    assert r.history["train/loss"][-1] < 0.1 * r.history["train/loss"][0]
+
+
+# Curved boundaries need a wider net; Adam at lr 0.01, full batch, converges in a few hundred epochs.
+@pytest.mark.parametrize("data, hidden, epochs", [("moons", (32,), 500), ("xor", (32,), 500),
+                                                   ("moons", (32, 32), 300)])
+def test_wider_net_learns_curved_boundaries(data, hidden, epochs):
+    _, _, _, r = run(data, hidden, opt="adam", lr=0.01, epochs=epochs)
+    assert r.status == "finished"
+    assert r.final["final/test_acc"] >= 0.95, r.final
+
+
+def test_minibatch_sgd_learns_moons():
+    _, _, _, r = run("moons", (32,), opt="sgd", lr=0.1, epochs=150, batch_size=32)
+    assert r.final["final/test_acc"] >= 0.95, r.final
+
+
+def test_history_keys_shapes_and_finite_values():
+    model, _, _, r = run("moons", (8, 6), epochs=30)
+    assert set(r.history) == {"epoch", *metric_names(model)}
+    assert {"train/loss", "train/acc", "test/loss", "test/acc", "grad_norm/W1", "grad_norm/W3",
+            "update_ratio/W2", "dead_relu/layer1", "dead_relu/layer2"} <= set(r.history)
+    np.testing.assert_array_equal(r.history["epoch"], np.arange(30))
+    for k, v in r.history.items():
+        assert v.shape == (30,) and np.isfinite(v).all(), k
+    assert set(r.final) == {"final/train_loss", "final/train_acc", "final/test_loss", "final/test_acc",
+                            "final/epochs_run"}
+    _, _, _, r_tanh = run("moons", (8,), act="tanh", init="xavier", epochs=5)
+    assert not any(k.startswith("dead_relu") for k in r_tanh.history)
+
+
+def test_history_rows_describe_start_of_epoch_params():
+    model, params, d, r = run("moons", (8,), epochs=3, lr=0.5)
+    loss0, grads0 = model.loss_and_grads(params, d.X_train, d.y_train)
+    assert r.history["train/loss"][0] == pytest.approx(loss0, rel=1e-12)
+    assert r.history["test/loss"][0] == pytest.approx(model.loss(params, d.X_test, d.y_test), rel=1e-12)
+    assert r.history["grad_norm/W1"][0] == pytest.approx(np.linalg.norm(grads0["W1"]), rel=1e-12)
+    # One gd step: ||update|| / ||W|| = lr * ||g|| / ||W||.
+    ratio = 0.5 * np.linalg.norm(grads0["W2"]) / np.linalg.norm(params["W2"])
+    assert r.history["update_ratio/W2"][0] == pytest.approx(ratio, rel=1e-10)
+    stepped = {k: params[k] - 0.5 * grads0[k] for k in params}
+    assert r.history["train/loss"][1] == pytest.approx(model.loss(stepped, d.X_train, d.y_train), rel=1e-10)
+    acc1 = np.mean((model.predict_proba(stepped, d.X_train) >= 0.5) == d.y_train)
+    assert r.history["train/acc"][1] == acc1
+
+
+def test_dead_relu_fraction():
+    d = load_dataset("blobs", rng=make_rng(0, "data"))
+    model = MLP((2, 4, 1))
+    params = model.init_params("he", make_rng(0, "init"))
+    params["W1"][:, :2] = 0.0
+    params["b1"][:2] = -1.0  # units 1 and 2 can never fire: their gradient is 0 too, so they stay dead
+    params["W1"][:, 2:] = [[1.0, -1.0], [1.0, -1.0]]  # the others fire on one blob each
+    r = train(model, params, d, make_optimizer("gd", 0.1), epochs=5, rng=make_rng(0, "shuffle"))
+    np.testing.assert_array_equal(r.history["dead_relu/layer1"], 0.5)
+
+
+@pytest.mark.parametrize("opt, hp", [("gd", {}), ("sgd", {"batch_size": 50}), ("adam", {})])
+def test_same_seed_bit_identical_and_log_every_does_not_change_the_run(opt, hp):
+    lr = 0.01 if opt == "adam" else 0.1
+    _, params, _, a = run("moons", (16,), opt=opt, lr=lr, epochs=40, **hp)
+    _, _, _, b = run("moons", (16,), opt=opt, lr=lr, epochs=40, **hp)
+    _, _, _, c = run("moons", (16,), opt=opt, lr=lr, epochs=40, log_every=7, **hp)
+    _, _, _, other = run("moons", (16,), opt=opt, lr=lr, epochs=40, seed=1, **hp)
+    for k in a.history:
+        np.testing.assert_array_equal(a.history[k], b.history[k], err_msg=k)
+        np.testing.assert_array_equal(c.history[k], a.history[k][c.history["epoch"]], err_msg=k)
+    assert a.final == b.final == c.final
+    np.testing.assert_array_equal(c.history["epoch"], [0, 7, 14, 21, 28, 35, 39])
+    assert not np.array_equal(a.history["train/loss"], other.history["train/loss"])
+    assert not np.array_equal(params["W1"], a.params["W1"])  # the caller's params are not modified
+
+
+def test_divergence_stops_with_status_and_finite_history():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning (overflow) may escape
+        _, _, _, r = run(lr=100.0, epochs=1000)
+    assert r.status == "diverged"
+    assert isinstance(r.diverged_epoch, int) and 0 < r.diverged_epoch < 1000
+    assert len(r.history["epoch"]) == r.diverged_epoch
+    assert all(np.isfinite(v).all() for v in r.history.values())
+    assert r.final["final/epochs_run"] == r.diverged_epoch
+    assert r.final["final/train_loss"] == r.history["train/loss"][-1]
+    with np.errstate(over="ignore", invalid="ignore"):  # the weights blew up (inf, NaN or > 1e150)
+        assert not all((np.abs(p) < 1e150).all() for p in r.params.values())
+
+
+def test_divergence_detected_between_logged_epochs():
+    _, _, _, r = run(lr=100.0, epochs=1000, log_every=25)
+    _, _, _, every = run(lr=100.0, epochs=1000)
+    assert r.status == "diverged" and r.diverged_epoch == every.diverged_epoch
+    assert r.history["epoch"][-1] < r.diverged_epoch and np.isfinite(r.history["train/loss"]).all()
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_zero_init_never_breaks_symmetry(act):
+    _, _, _, r = run("moons", (6,), act=act, init="zeros", epochs=200, lr=0.5)
+    W1, b1, W2 = r.params["W1"], r.params["b1"], r.params["W2"]
+    assert (W1 == W1[:, :1]).all() and (b1 == b1[0]).all() and (W2 == W2[0]).all()
+    assert r.final["final/train_acc"] < 0.75  # all hidden units act as one: no better than a bias
+
+
+def test_float32_run():
+    _, _, _, r = run(dtype=np.float32, epochs=300)
+    assert r.status == "finished" and r.params["W1"].dtype == np.float32
+    assert r.final["final/test_acc"] >= 0.97
+
+
+def test_callback_and_validation():
+    seen = []
+    run(epochs=10, log_every=4, callback=lambda epoch, m: seen.append((epoch, m["train/loss"])))
+    assert [e for e, _ in seen] == [0, 4, 8, 9] and all(math.isfinite(v) for _, v in seen)
+    with pytest.raises(ValueError, match="epochs must be a positive integer, got 0"):
+        run(epochs=0)
+    with pytest.raises(ValueError, match="log_every must be a positive integer"):
+        run(epochs=3, log_every=0)
+
+
+def test_trainer_epoch_matches_train():
+    d = load_dataset("moons", rng=make_rng(0, "data"))
+    model = MLP((2, 16, 1))
+    params = model.init_params("he", make_rng(0, "init"))
+    tr = Trainer(model, {k: v.copy() for k, v in params.items()}, make_optimizer("gd", 0.1), d.X_train, d.y_train)
+    losses = [tr.epoch() for _ in range(20)]
+    r = train(model, params, d, make_optimizer("gd", 0.1), epochs=20, rng=make_rng(0, "shuffle"))
+    np.testing.assert_array_equal(losses, r.history["train/loss"])
+    for k in params:
+        np.testing.assert_array_equal(tr.params[k], r.params[k])
