@@ -1,0 +1,188 @@
+"""Re-run a logged run from its stored config and compare it with what was logged, exactly.
+
+    python scripts/reproduce.py RUN_ID [--tracking-uri URI]      (make reproduce RUN_ID=...)
+
+Reads the run's config/config.yaml artifact, recomputes the run in this process (same code path
+as experiment.run: data, init, gradient check, training, gradient check) WITHOUT writing to the
+store, then compares every logged metric history (as logged: rounded by tracking.metric_batch,
+non-finite values dropped), history.csv (exact float64) and params.npz (bit for bit).
+Wall-clock metrics (time/*) are not compared. Prints MATCH or the first difference.
+Exit code: 0 match, 1 difference, 2 bad input (unknown run, missing store or artifact).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+for _k, _v in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"),
+               ("RAY_USAGE_STATS_ENABLED", "0")):
+    os.environ.setdefault(_k, _v)
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+from backprop_lab import tracking  # noqa: E402  (before mlflow: telemetry off)
+from backprop_lab.config import ConfigError, validate  # noqa: E402
+
+NOT_COMPARED = ("time/",)  # wall-clock seconds differ from run to run by nature
+
+
+class ReproduceError(Exception):
+    """Bad input: one line, exit code 2."""
+
+
+def open_store(uri: str | None):
+    """A client on an EXISTING store (never creates one: reproduce writes nothing)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{tracking.repo_root() / 'mlflow.db'}"
+    db = tracking.sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise ReproduceError(f"tracking store {uri} does not exist; pass --tracking-uri or set "
+                             "MLFLOW_TRACKING_URI to the store that holds the run")
+    if uri.startswith(("http://", "https://")):
+        try:
+            tracking.check_server(uri)
+        except tracking.StoreError as exc:
+            raise ReproduceError(str(exc)) from None
+    return tracking.MlflowClient(tracking_uri=uri), uri
+
+
+def load_run(client, uri: str, run_id: str, folder: Path):
+    """(run, RunConfig, local artifact folder) for run_id, or ReproduceError."""
+    try:
+        run = client.get_run(run_id)
+    except tracking.MlflowException:
+        raise ReproduceError(f"run {run_id!r} not found in {uri}; copy a run id from the UI "
+                             "(make ui) or from a sweep's summary") from None
+    if run.data.tags.get("bpl.role") == "parent":
+        raise ReproduceError(f"run {run_id} is a sweep parent; pass one of its children "
+                             "(see its sweep/children.csv)")
+    try:
+        local = Path(client.download_artifacts(run_id, "config", str(folder)))
+        rc = validate(yaml.safe_load((local / "config.yaml").read_text()))
+    except (tracking.MlflowException, OSError):
+        raise ReproduceError(f"run {run_id} has no config/config.yaml artifact (status "
+                             f"{run.info.status}); only runs that finished can be reproduced") from None
+    except ConfigError as exc:
+        raise ReproduceError(f"run {run_id}: stored config no longer valid: {exc}") from None
+    return run, rc
+
+
+def recompute(rc):
+    """The run's computation, as experiment.run does it, without any logging."""
+    from backprop_lab.data import load_dataset
+    from backprop_lab.experiment import _compute  # the run's own recipe, not a copy of it
+    from backprop_lab.mlp import MLP
+    from backprop_lab.rng import make_rng
+
+    dataset = load_dataset(rc.data.name, rng=make_rng(rc.seed, "data"), dtype=rc.train.dtype,
+                           n_samples=rc.data.n_samples, noise=rc.data.noise,
+                           test_fraction=rc.data.test_fraction)
+    model = MLP(rc.model.layer_sizes(dataset.X_train.shape[1]), activation=rc.model.activation)
+    return _compute(rc, dataset, model, None)
+
+
+def expected_metrics(outcome) -> dict[str, list[tuple[int, float]]]:
+    """key -> [(step, value)] exactly as experiment.run logs them (rounded, finite only)."""
+    steps = outcome.history["epoch"]
+    series = [(k, steps, v) for k, v in outcome.history.items() if k != "epoch"]
+    series += [(k, [0], [v]) for k, v in outcome.scalars.items()]
+    out: dict[str, list[tuple[int, float]]] = {}
+    for m in tracking.metric_batch(series, 0):
+        out.setdefault(m.key, []).append((m.step, m.value))
+    return out
+
+
+def compare_metrics(client, run, outcome) -> tuple[str | None, int]:
+    """(first difference or None, number of values compared)."""
+    expected = {k: v for k, v in expected_metrics(outcome).items() if not k.startswith(NOT_COMPARED)}
+    logged_keys = {k for k in run.data.metrics if not k.startswith(NOT_COMPARED)}
+    if logged_keys != set(expected):
+        only_logged = sorted(logged_keys - set(expected))
+        only_rerun = sorted(set(expected) - logged_keys)
+        return f"metric keys differ: only logged {only_logged[:5]}, only re-run {only_rerun[:5]}", 0
+    n = 0
+    for key in sorted(expected):
+        history = client.get_metric_history(run.info.run_id, key)
+        logged = sorted((m.step, m.value) for m in history)
+        rerun = sorted(expected[key])
+        for (s1, v1), (s2, v2) in zip(logged, rerun):
+            if s1 != s2 or v1 != v2:
+                return f"{key} step {s1}: logged {v1!r}, re-run step {s2} {v2!r}", n
+            n += 1
+        if len(logged) != len(rerun):
+            return f"{key}: {len(logged)} values logged, {len(rerun)} re-run", n
+    return None, n
+
+
+def compare_artifacts(client, run_id: str, outcome, folder: Path) -> str | None:
+    """history.csv (float64 exactly, %.17g round-trips) and params.npz (bit for bit)."""
+    try:
+        csv_path = Path(client.download_artifacts(run_id, "history.csv", str(folder)))
+        npz_path = Path(client.download_artifacts(run_id, "params.npz", str(folder)))
+    except (tracking.MlflowException, OSError):
+        return "history.csv or params.npz artifact missing"
+    header = csv_path.read_text().splitlines()[0].split(",")
+    logged = np.loadtxt(csv_path, delimiter=",", skiprows=1, ndmin=2)  # (E, M+1)
+    names = ["epoch"] + [k for k in outcome.history if k != "epoch"]
+    rerun = np.column_stack([np.asarray(outcome.history[k], dtype=np.float64) for k in names])
+    if header != names:
+        return f"history.csv columns differ: logged {header}, re-run {names}"
+    if logged.shape != rerun.shape:
+        return f"history.csv shape differs: logged {logged.shape}, re-run {rerun.shape}"
+    diff = ~((logged == rerun) | (np.isnan(logged) & np.isnan(rerun)))
+    if diff.any():
+        row, col = np.argwhere(diff)[0]
+        return (f"history.csv {names[col]} epoch {int(rerun[row, 0])}: logged {logged[row, col]!r}, "
+                f"re-run {rerun[row, col]!r}")
+    with np.load(npz_path) as stored:
+        for name, value in outcome.params.items():
+            if name not in stored or not np.array_equal(stored[name], value, equal_nan=True) \
+                    or stored[name].dtype != value.dtype:
+                return f"params.npz {name} differs"
+    return None
+
+
+def reproduce(run_id: str, uri: str | None = None, out=sys.stdout) -> int:
+    client, uri = open_store(uri)
+    with tempfile.TemporaryDirectory(prefix="bpl-repro-") as tmp:
+        run, rc = load_run(client, uri, run_id, Path(tmp))
+        outcome = recompute(rc)
+        diff, n = compare_metrics(client, run, outcome)
+        diff = diff or compare_artifacts(client, run_id, outcome, Path(tmp))
+    name = f"run {run_id} ({run.info.run_name})"
+    logged_at = (run.data.tags.get("bpl.git_commit"), run.data.tags.get("bpl.git_dirty"))
+    now = tracking.environment_tags()
+    if logged_at != (now.get("bpl.git_commit"), now.get("bpl.git_dirty")):
+        print(f"note: logged at commit {logged_at[0]} (dirty={logged_at[1]}), re-run at "
+              f"{now.get('bpl.git_commit')} (dirty={now.get('bpl.git_dirty')})", file=out)
+    if diff:
+        print(f"DIFFERENT: {name}: {diff}", file=out)
+        return 1
+    print(f"MATCH: {name}: {n} logged metric values, history.csv and params.npz identical "
+          f"(time/* not compared)", file=out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_id", nargs="?", help="the MLflow run id to reproduce")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="store holding the run (default: MLFLOW_TRACKING_URI, else the repo's mlflow.db)")
+    args = parser.parse_args(argv)
+    if not args.run_id:
+        print("reproduce: RUN_ID is required: make reproduce RUN_ID=<run id>", file=sys.stderr)
+        return 2
+    try:
+        return reproduce(args.run_id, args.tracking_uri)
+    except ReproduceError as exc:
+        print(f"reproduce: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
