@@ -7,12 +7,14 @@ Imports no layer internals (core modules); see docs/pipeline.md for the why of e
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import os
 import platform
 import re
+import shutil
 import socket
 import subprocess
 import urllib.error
@@ -79,6 +81,9 @@ def prepare_store(uri: str, artifact_root: str | None = None) -> MlflowClient:
     migrate a fresh file. HTTP: one short GET /health; a dead server fails in ~3 s, not minutes.
     Raises StoreError (one line naming the path or URI).
     """
+    # "Creating initial MLflow database tables..." is noise in a sweep's one-line-per-run output.
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     db = sqlite_path(uri)
     if db is not None:
         _check_writable_dir(db.parent, f"SQLite store {db}")
@@ -86,11 +91,10 @@ def prepare_store(uri: str, artifact_root: str | None = None) -> MlflowClient:
             raise StoreError(f"SQLite store {db} is not writable; pick another tracking.uri")
         if artifact_root:
             _check_writable_dir(Path(artifact_root), f"artifact root {artifact_root}")
+        if not db.exists():
+            _copy_schema_template(db, artifact_root)
     elif uri.startswith(("http://", "https://")):
         check_server(uri)
-    # "Creating initial MLflow database tables..." is noise in a sweep's one-line-per-run output.
-    for name in ("mlflow.store.db.utils", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
     client = MlflowClient(tracking_uri=uri)
     try:
         client.search_experiments(max_results=1)  # builds the SQLite schema on first use
@@ -99,6 +103,55 @@ def prepare_store(uri: str, artifact_root: str | None = None) -> MlflowClient:
     except Exception as exc:  # sqlite/sqlalchemy errors (locked, corrupt, read-only file)
         raise StoreError(f"tracking store {uri} cannot be opened: {_first_line(exc)}") from None
     return client
+
+
+def _schema_template() -> Path | None:
+    """A fresh MLflow SQLite schema for this MLflow version, built once per machine and cached.
+
+    Building the schema runs MLflow's ~60 alembic migrations: 3-15 s here, paid by every new
+    store (each test, each cold benchmark). Copying a migrated empty file takes milliseconds.
+    None when no cache folder is writable (then MLflow migrates the new file itself).
+    """
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "backprop-lab"
+    template = cache / f"mlflow-{mlflow.__version__}-schema.db"
+    if template.is_file():
+        return template
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache / f".building-{os.getpid()}.db"
+        tmp.unlink(missing_ok=True)
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
+        try:
+            os.link(tmp, template)  # atomic create-if-absent: racing builders keep the first
+        except FileExistsError:
+            pass
+        tmp.unlink()
+        return template
+    except (OSError, MlflowException):
+        return None
+
+
+def _copy_schema_template(db: Path, artifact_root: str | None) -> None:
+    """Create `db` from the template; never overwrites a store another process just created."""
+    template = _schema_template()
+    if template is None:
+        return
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    shutil.copyfile(template, tmp)
+    if artifact_root:
+        # The template's "Default" experiment points where it was built; point it at our root,
+        # as MLflow would have done had it created this store with that artifact root.
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(tmp)) as con, con:
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                        ((Path(artifact_root) / "0").resolve().as_uri(),))
+    try:
+        os.link(tmp, db)  # atomic: parallel workers get one complete store, never a half copy
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _check_writable_dir(folder: Path, what: str) -> None:

@@ -1,0 +1,166 @@
+"""Store preparation, experiments, run lookup and batched logging against a real SQLite store."""
+
+import socket
+import time
+
+import pytest
+from mlflow.entities import Metric
+
+from backprop_lab import tracking
+
+
+@pytest.fixture()
+def store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'deep' / 'folder' / 'mlflow.db'}"
+    art = str(tmp_path / "art")
+    client = tracking.prepare_store(uri, art)
+    return client, uri, art
+
+
+def test_prepare_store_creates_folder_and_schema(store, tmp_path):
+    client, uri, art = store
+    assert (tmp_path / "deep" / "folder" / "mlflow.db").stat().st_size > 0
+    assert (tmp_path / "art").is_dir()
+    # Schema present: a second prepare on the same file keeps what the first one wrote.
+    client.create_experiment("kept")
+    again = tracking.prepare_store(uri, art)
+    assert sorted(e.name for e in again.search_experiments()) == ["Default", "kept"]
+    # The Default experiment points under our artifact root, not where the schema was built.
+    assert again.get_experiment("0").artifact_location == (tmp_path / "art" / "0").as_uri()
+
+
+def test_unwritable_store_path_fails_with_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(tracking.StoreError) as info:
+        tracking.prepare_store(f"sqlite:///{blocker / 'sub' / 'mlflow.db'}", str(tmp_path / "art"))
+    msg = str(info.value)
+    assert "\n" not in msg and str(blocker / "sub") in msg and "writable path" in msg
+    assert not (blocker.parent / "art").exists() or True  # the artifact folder is checked later
+
+
+def test_unwritable_artifact_root_fails_with_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(tracking.StoreError) as info:
+        tracking.prepare_store(f"sqlite:///{tmp_path / 'm.db'}", str(blocker / "art"))
+    assert "artifact root" in str(info.value) and "\n" not in str(info.value)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_fails_fast_naming_the_uri():
+    uri = f"http://127.0.0.1:{_free_port()}"
+    t = time.perf_counter()
+    with pytest.raises(tracking.StoreError) as info:
+        tracking.prepare_store(uri)
+    assert time.perf_counter() - t < 5
+    assert uri in str(info.value) and "not reachable" in str(info.value)
+
+
+def test_silent_server_times_out_fast():
+    # Accepts connections (listen backlog) but never answers: one ~2.5 s timeout, no retries.
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)
+        uri = f"http://127.0.0.1:{srv.getsockname()[1]}"
+        t = time.perf_counter()
+        with pytest.raises(tracking.StoreError) as info:
+            tracking.check_server(uri)
+        assert time.perf_counter() - t < 5
+    assert uri in str(info.value)
+
+
+def test_resolve_defaults_to_the_repo_store(tmp_path):
+    from types import SimpleNamespace as NS
+
+    root = tracking.repo_root()
+    assert (root / "pyproject.toml").is_file()
+    uri, art = tracking.resolve_tracking(NS(tracking=NS(uri=None, artifact_root=None)))
+    assert uri == f"sqlite:///{root / 'mlflow.db'}" and art == str(root / "mlartifacts")
+    uri, art = tracking.resolve_tracking(NS(tracking=NS(uri="http://127.0.0.1:5001", artifact_root=None)))
+    assert (uri, art) == ("http://127.0.0.1:5001", None)
+
+
+def test_experiment_gets_explicit_file_artifact_location(store, tmp_path):
+    client, _, art = store
+    exp_id = tracking.ensure_experiment(client, "backprop-lab/test", art)
+    assert tracking.ensure_experiment(client, "backprop-lab/test", art) == exp_id
+    loc = client.get_experiment(exp_id).artifact_location
+    assert loc == (tmp_path / "art" / "backprop-lab" / "test").as_uri()
+
+
+def test_experiment_with_server_only_location_is_refused(store):
+    client, _, art = store
+    client.create_experiment("made-by-ui", artifact_location="mlflow-artifacts:/1")
+    with pytest.raises(tracking.StoreError, match="only a server can write"):
+        tracking.ensure_experiment(client, "made-by-ui", art)
+
+
+def test_log_history_bulk_path_matches_public_api(store):
+    client, _, art = store
+    exp_id = tracking.ensure_experiment(client, "hist", art)
+    fast = client.create_run(exp_id).info.run_id
+    slow = client.create_run(exp_id).info.run_id
+    series = [("train/loss", range(300), [1.0 / (i + 1) for i in range(300)]),
+              ("test/acc", range(300), [i / 300 for i in range(300)]),
+              ("bad", range(3), [1.0, float("nan"), float("inf")])]
+    tracking.log_history(client, fast, tracking.metric_batch(series, 1000))
+    tracking.log_metrics(client, slow, tracking.metric_batch(series, 1000))
+    for key in ("train/loss", "test/acc", "bad"):
+        a = [(m.step, m.value) for m in client.get_metric_history(fast, key)]
+        b = [(m.step, m.value) for m in client.get_metric_history(slow, key)]
+        assert sorted(a) == sorted(b)
+    assert len(client.get_metric_history(fast, "train/loss")) == 300
+    assert len(client.get_metric_history(fast, "bad")) == 1  # non-finite values dropped
+    assert client.get_run(fast).data.metrics == client.get_run(slow).data.metrics
+    assert client.get_run(fast).data.metrics["train/loss"] == pytest.approx(1 / 300, rel=1e-5)
+
+
+def test_metric_values_rounded_to_six_significant_digits():
+    assert tracking.round_sig(0.123456789) == 0.123457
+    assert tracking.round_sig(123456789.0) == 123457000.0
+    assert tracking.round_sig(0.0) == 0.0
+    [m] = tracking.metric_batch([("k", [4], [2.0 / 3.0])], 7)
+    assert (m.key, m.step, m.timestamp, m.value) == ("k", 4, 7, 0.666667)
+
+
+def test_params_over_100_go_in_chunks(store):
+    client, _, art = store
+    run_id = client.create_run(tracking.ensure_experiment(client, "p", art)).info.run_id
+    tracking.log_params(client, run_id, {f"p.{i}": i for i in range(250)} | {"long": "x" * 7000})
+    params = client.get_run(run_id).data.params
+    assert len(params) == 251 and params["p.249"] == "249" and len(params["long"]) == 6000
+
+
+def test_find_parent_and_finished_runs(store, tmp_path):
+    client, _, art = store
+    exp_id = tracking.ensure_experiment(client, "find", art)
+    sweep_dir = str(tmp_path / "multirun" / "x")
+    parent = client.create_run(exp_id, tags={"bpl.role": "parent",
+                                             "bpl.sweep_dir": tracking.normalize_sweep_dir(sweep_dir)})
+    client.create_run(exp_id, tags={"bpl.role": "parent", "bpl.sweep_dir": "/elsewhere"})
+    assert tracking.find_parent_run(client, exp_id, sweep_dir).info.run_id == parent.info.run_id
+    assert tracking.find_parent_run(client, exp_id, str(tmp_path / "other")) is None
+
+    running = client.create_run(exp_id, tags={"bpl.config_key": "k1", "bpl.role": "child"})
+    assert tracking.find_finished_run(client, exp_id, "k1") is None  # RUNNING does not count
+    client.set_terminated(running.info.run_id, "FINISHED")
+    assert tracking.find_finished_run(client, exp_id, "k1").info.run_id == running.info.run_id
+    failed = client.create_run(exp_id, tags={"bpl.config_key": "k2", "bpl.role": "child"})
+    client.set_terminated(failed.info.run_id, "FAILED")
+    assert tracking.find_finished_run(client, exp_id, "k2") is None
+
+
+def test_environment_tags_name_versions_and_git():
+    import mlflow
+    import numpy
+
+    tags = tracking.environment_tags()
+    assert tags["bpl.numpy"] == numpy.__version__ and tags["bpl.mlflow"] == mlflow.__version__
+    assert tags["bpl.python"].startswith("3.11")
+    assert len(tags["bpl.git_commit"]) == 40 and tags["bpl.git_dirty"] in ("true", "false")
