@@ -1,0 +1,187 @@
+"""experiment.run without the Hydra CLI: a real run into a temporary SQLite store, read back."""
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import yaml
+from hydra import compose, initialize
+from mlflow import MlflowClient
+
+from backprop_lab import config as C
+from backprop_lab import experiment
+from backprop_lab.experiment import JobContext
+
+EPOCHS = 12
+ARTIFACTS = {"plots/decision_boundary.png", "plots/curves.png", "plots/data.png", "config/config.yaml",
+             "config/overrides.yaml", "history.csv", "params.npz", "gradcheck.json"}
+TAGS = ("bpl.status", "bpl.config_key", "bpl.role", "bpl.preset", "bpl.git_commit", "bpl.git_dirty",
+        "bpl.python", "bpl.numpy", "bpl.mlflow")
+
+
+@pytest.fixture(scope="module")
+def hydra_ctx():
+    with initialize(config_path="../conf", version_base="1.3"):
+        yield
+
+
+@pytest.fixture()
+def make_cfg(tmp_path, hydra_ctx):
+    def make(*overrides):
+        store = [f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"tracking.artifact_root={tmp_path / 'art'}"]
+        return compose("config", overrides=[*store, f"train.epochs={EPOCHS}", *overrides])
+    return make
+
+
+def _artifacts(client, run_id, path=None):
+    out = []
+    for f in client.list_artifacts(run_id, path):
+        out += _artifacts(client, run_id, f.path) if f.is_dir else [f.path]
+    return out
+
+
+@pytest.mark.slow
+def test_single_run_logs_every_contracted_name(make_cfg, tmp_path, capsys):
+    overrides = ("optim.lr=0.5", "model.width=4")
+    summary = experiment.run(make_cfg(*overrides), JobContext(overrides=overrides))
+    assert summary.status == "finished" and summary.run_name == "lr=0.5 width=4"
+    line = capsys.readouterr().out.strip()
+    assert line.count("\n") == 0 and "lr=0.5 width=4" in line and "finished" in line and "test_acc=" in line
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(summary.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "lr=0.5 width=4"
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.name == "backprop-lab/train" and exp.artifact_location.startswith((tmp_path / "art").as_uri())
+
+    rc = C.validate(make_cfg(*overrides))
+    assert run.data.params == C.flatten(rc)  # every param, exactly
+
+    from backprop_lab.mlp import MLP
+    from backprop_lab.train import metric_names
+
+    per_epoch = metric_names(MLP(rc.model.layer_sizes(2), rc.model.activation))
+    assert {"train/loss", "test/acc", "grad_norm/W1", "update_ratio/W2", "dead_relu/layer1"} <= set(per_epoch)
+    for key in per_epoch:
+        history = client.get_metric_history(summary.run_id, key)
+        assert sorted(m.step for m in history) == list(range(EPOCHS)), key
+    metrics = run.data.metrics
+    for key in ("final/train_loss", "final/train_acc", "final/test_loss", "final/test_acc", "final/epochs_run",
+                "time/train_s", "time/gradcheck_s", "time/total_s", "time/wall_s"):
+        assert key in metrics, key
+    assert metrics["final/epochs_run"] == EPOCHS
+    for when in ("init", "trained"):
+        assert metrics[f"gradcheck/{when}/max_rel_err"] < 1e-6
+        assert f"gradcheck/{when}/kink_skipped" in metrics
+        for p in ("W1", "b1", "W2", "b2"):
+            assert f"gradcheck/{when}/{p}/max_rel_err" in metrics
+            assert f"gradcheck/{when}/{p}/median_rel_err" in metrics
+
+    tags = run.data.tags
+    for key in TAGS:
+        assert key in tags, key
+    assert (tags["bpl.status"], tags["bpl.role"]) == ("finished", "single")
+    assert tags["bpl.config_key"] == C.config_key(rc) == summary.config_key
+    assert "mlflow.parentRunId" not in tags
+
+    assert set(_artifacts(client, summary.run_id)) == ARTIFACTS
+    [ds] = run.inputs.dataset_inputs
+    assert ds.dataset.name == "blobs-train" and len(ds.dataset.digest) >= 8
+    assert any(t.key == "mlflow.data.context" and t.value == "train" for t in ds.tags)
+
+    # Artifacts: exact history, reloadable params and config, gradcheck report.
+    local = client.download_artifacts(summary.run_id, "", str(tmp_path / "dl"))
+    rows = list(csv.DictReader(io.StringIO(open(f"{local}/history.csv").read())))
+    assert len(rows) == EPOCHS and set(per_epoch) | {"epoch"} == set(rows[0])
+    assert float(rows[-1]["train/loss"]) == pytest.approx(
+        client.get_metric_history(summary.run_id, "train/loss")[-1].value, rel=1e-5)
+    assert set(np.load(f"{local}/params.npz").files) == {"W1", "b1", "W2", "b2"}
+    assert C.validate(yaml.safe_load(open(f"{local}/config/config.yaml"))) == rc
+    assert yaml.safe_load(open(f"{local}/config/overrides.yaml")) == list(overrides)
+    report = json.load(open(f"{local}/gradcheck.json"))
+    assert report["init"]["passed"] and report["trained"]["mode"] == "full"
+
+
+@pytest.mark.slow
+def test_same_config_is_skipped_unless_forced(make_cfg, tmp_path, capsys):
+    first = experiment.run(make_cfg())
+    again = experiment.run(make_cfg())
+    assert again.status == "skipped" and again.run_id == first.run_id
+    assert "skipped" in capsys.readouterr().out.splitlines()[-1]
+    forced = experiment.run(make_cfg("force=true"))
+    assert forced.status == "finished" and forced.run_id != first.run_id
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("backprop-lab/train").experiment_id])
+    assert len(runs) == 2
+
+
+def test_invalid_config_writes_nothing(make_cfg, tmp_path):
+    with pytest.raises(C.ConfigError, match=r"optim\.lr=-1: must be > 0"):
+        experiment.run(make_cfg("optim.lr=-1"))
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "art").exists()
+
+
+def test_multirun_mode_returns_failed_summary_instead_of_raising(make_cfg, tmp_path):
+    summary = experiment.run(make_cfg("model.width=0"), JobContext(mode="multirun", sweep_dir=str(tmp_path)))
+    assert summary.status == "failed" and "model.width=0" in summary.error
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_diverged_run_is_finished_with_status_and_epoch(make_cfg, tmp_path):
+    summary = experiment.run(make_cfg("optim.lr=10000", "train.epochs=60"))
+    assert summary.status == "diverged"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(summary.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["bpl.status"] == "diverged"
+    epoch = int(run.data.tags["bpl.diverged_epoch"])
+    assert 0 < epoch < 60
+    history = client.get_metric_history(summary.run_id, "train/loss")
+    assert len(history) == epoch and all(np.isfinite(m.value) for m in history)
+
+
+def test_multirun_child_is_linked_to_parent_of_its_sweep_dir(make_cfg, tmp_path):
+    from backprop_lab import tracking
+
+    rc = C.validate(make_cfg())
+    uri, art = tracking.resolve_tracking(rc)
+    client = tracking.prepare_store(uri, art)
+    exp_id = tracking.ensure_experiment(client, rc.experiment_name, art)
+    sweep_dir = tmp_path / "multirun" / "s1"
+    parent = client.create_run(exp_id, tags={"bpl.role": "parent", "bpl.sweep_dir": str(sweep_dir)})
+    job = JobContext(mode="multirun", sweep_dir=str(sweep_dir), job_num=0,
+                     overrides=("init=xavier", "optim.lr=0.3"), preset="default")
+    summary = experiment.run(make_cfg("init=xavier", "optim.lr=0.3"), job)
+    tags = client.get_run(summary.run_id).data.tags
+    assert tags["mlflow.parentRunId"] == parent.info.run_id
+    assert (tags["bpl.role"], tags["bpl.preset"], tags["bpl.sweep_dir"]) == ("child", "default", str(sweep_dir))
+    assert summary.run_name == "lr=0.3 init=xavier"
+
+
+def test_crash_after_start_ends_run_failed_with_traceback(make_cfg, tmp_path, monkeypatch):
+    # Fault injection (the store, MLflow and the run are real): the curves figure raises.
+    from backprop_lab import plots
+
+    def broken(history):
+        raise RuntimeError("figure exploded")
+
+    monkeypatch.setattr(plots, "curves_figure", broken)
+    summary = experiment.run(make_cfg(), JobContext(mode="multirun", sweep_dir=str(tmp_path)))
+    assert summary.status == "failed" and "figure exploded" in summary.error
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(summary.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["bpl.status"] == "failed"
+    text = open(client.download_artifacts(summary.run_id, "error/traceback.txt", str(tmp_path))).read()
+    assert "figure exploded" in text
+
+
+@pytest.mark.parametrize("overrides,name", [
+    ((), "defaults"),
+    (("model.width=16", "optim.lr=0.1", "init=he"), "lr=0.1 width=16 init=he"),
+    (("+sweep=default", "seed=3", "optim=adam", "model.activation=tanh", "hydra.verbose=true"),
+     "opt=adam seed=3 act=tanh"),
+    (("data=moons", "train.epochs=5", "tracking.uri=sqlite:///x.db"), "data=moons epochs=5"),
+])
+def test_run_names_use_short_aliases(overrides, name):
+    assert experiment.run_name(overrides) == name
