@@ -12,11 +12,13 @@ in the seed notebook, whose loss curve records the loss before each update):
 - ``dead_relu/layer{l}`` (relu, leaky_relu): fraction of the units of hidden layer l whose
   activation is <= 0 for every training sample.
 
-Divergence: a non-finite training loss, or a non-finite parameter or metric (a norm that
-overflows float64 counts: |W| > ~1e154) at a logged epoch or at the end, stops the run with ``status="diverged"`` and ``diverged_epoch`` = the epoch at which it was
-detected; the history keeps only the epochs before it (all finite). The ``final/*`` metrics of
-a diverged run repeat its last finite history row (NaN if there is none), while ``params`` are
-returned as they are (non-finite).
+Divergence: a non-finite training loss, parameter or gradient at the start of an epoch (for
+mini-batches: a non-finite parameter at the start, or batch loss during it), checked the same
+way every epoch whatever ``log_every`` is, or non-finite parameters at the end, stops the run
+with ``status="diverged"`` and ``diverged_epoch`` = the epoch at which it was detected; the
+history keeps only the epochs before it (all finite). The ``final/*`` metrics of a diverged run
+repeat its last finite history row (NaN if there is none), while ``params`` are returned as
+they are (blown up).
 """
 
 from __future__ import annotations
@@ -98,9 +100,20 @@ def _acc(logits, y) -> float:
     return float(np.mean((logits >= 0) == y))  # p >= 0.5 exactly when the logit is >= 0
 
 
-def _sqnorm(a) -> float:
+def _norm(a) -> float:
+    """Frobenius norm that does not overflow for entries up to the float64 maximum."""
     a = a.ravel()
-    return float(np.dot(a, a))
+    scale = float(np.max(np.abs(a)))
+    if scale == 0.0 or not math.isfinite(scale):
+        return scale
+    a = a / scale
+    return scale * math.sqrt(float(np.dot(a, a)))
+
+
+def _finite(*arrays) -> bool:
+    """True if every entry is finite (one reduction per array: an inf or NaN makes the sum
+    non-finite; so, harmlessly, would finite entries whose sum overflows float64)."""
+    return math.isfinite(sum(float(np.add.reduce(a, axis=None)) for a in arrays))
 
 
 def metric_names(model) -> list[str]:
@@ -140,40 +153,44 @@ def train(model, params, dataset, optimizer, *, epochs, rng, log_every=1, callba
     hist_epoch = np.asarray(logged, dtype=np.int64)
     W_before = {k: np.empty_like(params[k]) for k in W_names}
     row, status, diverged_epoch = 0, "finished", None
+    values = list(params.values())
 
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         for epoch in range(epochs):
             is_log = row < len(logged) and logged[row] == epoch
-            if tr.full and not is_log:
-                if not math.isfinite(tr.step()):
-                    status, diverged_epoch = "diverged", epoch
-                    break
-                continue
+            # One divergence rule for every epoch, logged or not: the loss, parameters and
+            # gradient at the start of the epoch must be finite (mini-batch: params, and every
+            # batch loss during the epoch).
+            if tr.full or is_log:
+                # Full batch: this is the training step's own forward/backward (Trainer.step).
+                loss, grads = model.loss_and_grads(params, tr.X, tr.y, ws, track_units=is_log and track_dead)
+                ok = math.isfinite(loss) and _finite(*values, *grads.values())
+            else:
+                ok = _finite(*values)
+            if not ok:
+                status, diverged_epoch = "diverged", epoch
+                break
             if is_log:
-                # Start-of-epoch evaluation; for full batch it *is* the training step (same fused path).
-                loss, grads = model.loss_and_grads(params, tr.X, tr.y, ws, track_units=track_dead)
-                if not math.isfinite(loss) or not all(math.isfinite(_sqnorm(p)) for p in params.values()):
-                    status, diverged_epoch = "diverged", epoch
-                    break
                 m = {"train/loss": loss, "train/acc": _acc(ws.logits, tr.y)}
                 if track_dead:  # a unit is dead when no training sample activates it
                     for l in range(1, L):
                         m[f"dead_relu/layer{l}"] = float(np.mean(ws.unit_max[l] <= 0))
                 for k in W_names:
-                    m[f"grad_norm/{k}"] = math.sqrt(_sqnorm(grads[k]))
+                    m[f"grad_norm/{k}"] = _norm(grads[k])
                     np.copyto(W_before[k], params[k])
                 test_logits, _ = model.forward(params, X_test)
                 m["test/loss"], m["test/acc"] = bce_loss(test_logits, y_test), _acc(test_logits, y_test)
-                if tr.full:
-                    optimizer.step(params, grads, tr.state)
-                elif not math.isfinite(tr.epoch()):
-                    status, diverged_epoch = "diverged", epoch
-                    break
+            if tr.full:
+                optimizer.step(params, grads, tr.state)
+            elif not math.isfinite(tr.epoch()):
+                status, diverged_epoch = "diverged", epoch
+                break
+            if is_log:
                 for k in W_names:
-                    w = _sqnorm(W_before[k])
-                    du = _sqnorm(np.subtract(params[k], W_before[k], out=W_before[k]))  # buffer now holds the update
-                    m[f"update_ratio/{k}"] = 0.0 if du == 0 else math.sqrt(du) / max(math.sqrt(w), _TINY)
-                if not all(math.isfinite(v) for v in m.values()):  # e.g. a gradient norm overflowed
+                    w = _norm(W_before[k])
+                    du = _norm(np.subtract(params[k], W_before[k], out=W_before[k]))  # buffer now holds the update
+                    m[f"update_ratio/{k}"] = 0.0 if du == 0 else du / max(w, _TINY)
+                if not all(math.isfinite(v) for v in m.values()):  # only near float64's limit
                     status, diverged_epoch = "diverged", epoch
                     break
                 for k in names:
@@ -181,10 +198,7 @@ def train(model, params, dataset, optimizer, *, epochs, rng, log_every=1, callba
                 row += 1
                 if callback is not None:
                     callback(epoch, m)
-            elif not math.isfinite(tr.epoch()):
-                status, diverged_epoch = "diverged", epoch
-                break
-        if status == "finished" and not all(math.isfinite(_sqnorm(p)) for p in params.values()):
+        if status == "finished" and not _finite(*values):
             status, diverged_epoch = "diverged", epochs
         seconds = time.perf_counter() - t0
         history = {"epoch": hist_epoch[:row], **{k: v[:row] for k, v in hist.items()}}
