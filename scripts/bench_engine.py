@@ -150,6 +150,16 @@ def make_sklearn(X, y, params):
 CONTESTANTS = {"engine": make_engine, "notebook": make_notebook, "sklearn": make_sklearn}
 
 
+def git_commit() -> str | None:
+    """The commit the engine was timed at (figures are only comparable at the same engine code)."""
+    import subprocess
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=Path(__file__).resolve().parents[1]).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def blas_info() -> dict:
     try:
         from threadpoolctl import threadpool_info
@@ -182,12 +192,43 @@ def bench_size(n, hidden, epochs, repeats, warmup):
             for name, s in samples.items()}
 
 
+def bench_plots(reps=12) -> dict:
+    """CPU ms to build + save the three per-run figures (the tracking budget is 0.15 s per run)."""
+    import tempfile
+
+    from backprop_lab import plots
+
+    ds = load_dataset("moons", rng=make_rng(0, "data"))
+    model = MLP((2, 16, 1), activation="relu")
+    params = model.init_params("he", make_rng(0, "init"))
+    e = np.arange(200)
+    hist = {"epoch": e, "train/loss": np.exp(-e / 50), "test/loss": np.exp(-e / 60),
+            "train/acc": 1 - np.exp(-e / 30), "test/acc": 1 - np.exp(-e / 40)}
+    makers = {"data": lambda: plots.data_figure(ds), "curves": lambda: plots.curves_figure(hist),
+              "boundary": lambda: plots.decision_boundary_figure(model, params, ds)}
+    per = {name: [] for name in makers}
+    totals = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(reps + 2):
+            for name, make in makers.items():
+                t0 = time.process_time()
+                plots.save_figure(make(), Path(tmp) / f"{name}.png")
+                per[name].append((time.process_time() - t0) * 1e3)
+            totals.append(sum(per[name][-1] for name in makers))
+        sizes = {name: (Path(tmp) / f"{name}.png").stat().st_size for name in makers}
+    drop = slice(2, None)  # the first two pay for font caches
+    return {"dpi": plots.DPI, "reps": reps, "total_ms_min": min(totals[drop]),
+            "total_ms_median": statistics.median(totals[drop]),
+            "per_figure_ms_min": {k: min(v[drop]) for k, v in per.items()}, "png_bytes": sizes}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, few epochs: a smoke run")
     ap.add_argument("--json", type=Path, help="also write the results to this JSON file")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per contestant (default 5, quick 2)")
     ap.add_argument("--sizes", default="small,large", help="which sizes to run: small, large or small,large")
+    ap.add_argument("--plots", action="store_true", help="time the three per-run figures instead")
     ap.add_argument("--threads", type=int, default=None, help="limit BLAS threads (threadpoolctl); default: as is")
     args = ap.parse_args(argv)
     wanted = [s.strip() for s in args.sizes.split(",")]
@@ -200,9 +241,20 @@ def main(argv=None) -> int:
     sizes = dict(zip(("small", "large"), QUICK_SIZES if args.quick else FULL_SIZES))
     repeats = args.repeats or (2 if args.quick else 5)
     blas = blas_info()
-    print(f"python {platform.python_version()}  numpy {np.__version__}  cpus {os.cpu_count()}")
+    commit = git_commit()
+    print(f"python {platform.python_version()}  numpy {np.__version__}  cpus {os.cpu_count()}  "
+          f"git {commit}  load avg {os.getloadavg()[0]:.1f}")
     for pool in blas["pools"]:
         print(f"blas: {pool}")
+
+    if args.plots:
+        r = bench_plots()
+        print(f"3 figures built + saved at DPI {r['dpi']}: cpu min {r['total_ms_min']:.0f} ms, "
+              f"median {r['total_ms_median']:.0f} ms (budget incl. logging: 150 ms)")
+        print(f"  per figure, cpu min ms: {r['per_figure_ms_min']}  png bytes: {r['png_bytes']}")
+        if args.json:
+            args.json.write_text(json.dumps({"git_commit": commit, "plots": r}, indent=2))
+        return 0
 
     results = []
     for label in wanted:
@@ -226,7 +278,8 @@ def main(argv=None) -> int:
         print(f"  engine/sklearn  = {row['ratio_engine_sklearn']:.3f}  (target < 1: "
               f"{'met' if row['met_sklearn_target'] else 'MISSED'})", flush=True)
 
-    out = {"quick": args.quick, "threads": args.threads, "python": platform.python_version(), "numpy": np.__version__,
+    out = {"quick": args.quick, "threads": args.threads, "git_commit": commit, "load_avg_1min": os.getloadavg()[0],
+           "python": platform.python_version(), "numpy": np.__version__,
            "cpu_count": os.cpu_count(), "blas": blas, "results": results}
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))

@@ -18,16 +18,17 @@ Relative error (per element, or per direction)::
 
 The floor exists because the numerical gradient carries ABSOLUTE noise: the loss f is rounded
 to ~1e-16 * |f|, so ``(f+ - f-) / 2h`` with h = 1e-6 is only good to ~1e-10 * |f| (measured
-<= 1.4e-10 on O(1) losses: see docs/gradcheck.md). Without a floor a correct gradient of size
+<= 2.1e-10 on O(1) losses: see docs/gradcheck.md). Without a floor a correct gradient of size
 1e-7 would show a "relative error" near 1e-3. The floor used is
 ``REL_ERROR_FLOOR * max(1, |f|)`` with REL_ERROR_FLOOR = 1e-3: with the default threshold 1e-6
-a gradient smaller than the floor is held to an absolute error of 1e-9 * max(1, |f|) (~7x the
+a gradient smaller than the floor is held to an absolute error of 1e-9 * max(1, |f|) (~5x the
 noise), anything larger to a relative error of 1e-6. Both are far stricter than needed to see
 a real bug (a wrong factor or a missing term gives errors of 1e-2 .. 1).
 
 Reading the number (float64, h = 1e-6):
 
-- < 1e-7  the gradient is correct (smooth nets measure 1e-10 .. 1e-8);
+- < 1e-7  the gradient is correct (correct nets measure 1e-11 .. 1.5e-7, the top of that range
+          being floor-limited tiny gradients);
 - 1e-7 .. 1e-6  still correct for our purposes; this is the default threshold (1e-6);
 - ~1e-4   typical of a +-h step that crossed a ReLU kink: such elements are detected, not
           counted in the statistics, and reported separately (``n_kink_skipped``,
