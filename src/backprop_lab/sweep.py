@@ -135,7 +135,8 @@ def compose_jobs(config: DictConfig, job_overrides: list[list[str]]) -> list[Job
                     del task_cfg["hydra"]
                 run_config = bpl_config.validate(task_cfg)
             except Exception as exc:  # noqa: BLE001 - ConfigError, or Hydra's composition errors
-                where = " ".join(report.task_overrides(overrides)) or "defaults"
+                where = " ".join(o for o in report.task_overrides(overrides)
+                                 if not o.lstrip("+~").startswith(_NOT_IDENTITY)) or "defaults"
                 raise SweepError(f"job {index} ({where}): {_one_line(exc)}") from None
             jobs.append(Job(list(overrides), run_config, bpl_config.config_key(run_config)))
     finally:
