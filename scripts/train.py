@@ -23,7 +23,8 @@ def main(cfg):
     job = JobContext(mode="multirun" if multirun else "single",
                      sweep_dir=hc.sweep.dir if multirun else None,
                      job_num=hc.job.num if multirun else None,
-                     overrides=tuple(hc.overrides.task), preset=hc.runtime.choices.get("sweep"))
+                     overrides=tuple(hc.overrides.task), preset=hc.runtime.choices.get("sweep"),
+                     swept=swept_keys(hc) if multirun else ())
     try:
         summary = run(cfg, job)
     except UserError as exc:  # single run: one line (bad config, unusable store), nothing written
@@ -32,6 +33,16 @@ def main(cfg):
     if summary.status == "failed" and not multirun:
         sys.exit(1)
     return summary
+
+
+def swept_keys(hc) -> tuple[str, ...]:
+    """Keys a multirun varies: the preset's sweeper params and command-line lists (a,b / range())."""
+    keys = list((hc.sweeper.get("params") or {}).keys())
+    for arg in sys.argv[1:]:  # the driver's command line (basic launcher; workers see the preset only)
+        key, _, value = arg.lstrip("+~").partition("=")
+        if "," in value or value.startswith(("range(", "choice(", "glob(", "interval(")):
+            keys.append(key)
+    return tuple(keys)
 
 
 if __name__ == "__main__":

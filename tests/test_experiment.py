@@ -185,3 +185,9 @@ def test_crash_after_start_ends_run_failed_with_traceback(make_cfg, tmp_path, mo
 ])
 def test_run_names_use_short_aliases(overrides, name):
     assert experiment.run_name(overrides) == name
+
+
+def test_multirun_names_only_the_swept_keys():
+    overrides = ("train.epochs=5", "optim.lr=0.3", "model.width=8", "experiment_name=x", "init=he")
+    assert experiment.run_name(overrides, swept=("optim.lr", "model.width")) == "lr=0.3 width=8"
+    assert experiment.run_name(overrides) == "lr=0.3 width=8 init=he epochs=5"

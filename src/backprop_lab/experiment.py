@@ -34,6 +34,7 @@ class JobContext:
     job_num: int | None = None
     overrides: tuple[str, ...] = ()  # the job's override strings, as typed or swept
     preset: str | None = None  # the sweep preset's name (conf/sweep/<preset>.yaml)
+    swept: tuple[str, ...] = ()  # multirun: the keys the sweep varies (they name the run)
 
 
 @dataclass
@@ -61,7 +62,7 @@ def run(cfg: Any, job: JobContext | None = None, *, out=None) -> RunSummary:
     job = job or JobContext()
     out = out or sys.stdout
     t0 = time.perf_counter()
-    name = run_name(job.overrides)
+    name = run_name(job.overrides, job.swept)
     try:
         rc = validate(cfg)
         from backprop_lab import tracking  # mlflow takes seconds to import: only for valid configs
@@ -160,12 +161,20 @@ ALIASES = {
 _ORDER = ["lr", "width", "depth", "init", "opt", "data", "seed", "act"]
 
 
-def run_name(overrides) -> str:
-    """`lr=0.1 width=16 init=he` from the job's overrides; `defaults` when there are none."""
+_NOT_IN_NAME = ("sweep", "force", "experiment_name")
+
+
+def run_name(overrides, swept=None) -> str:
+    """`lr=0.1 width=16 init=he` from the job's overrides; `defaults` when there are none.
+
+    swept: the keys a multirun varies; when given (non-empty), only those are named.
+    """
     parts: dict[str, str] = {}
     for text in overrides:
         key, sep, value = str(text).lstrip("+~").partition("=")
-        if not sep or key.startswith("hydra") or key in ("sweep", "force") or key.startswith("tracking"):
+        if not sep or key.startswith(("hydra", "tracking")) or key in _NOT_IN_NAME:
+            continue
+        if swept and key not in swept:
             continue
         parts[ALIASES.get(key, key.rsplit(".", 1)[-1])] = value
     ordered = sorted(parts, key=lambda k: (_ORDER.index(k) if k in _ORDER else len(_ORDER), k))

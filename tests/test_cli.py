@@ -1,0 +1,145 @@
+"""scripts/train.py as a user runs it: real subprocesses, real Hydra, a temporary SQLite store."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from backprop_lab import config as C
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN = str(REPO / "scripts" / "train.py")
+
+
+@pytest.fixture(scope="session")
+def cli_env(tmp_path_factory):
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "MLFLOW_TRACKING_URI")}
+    env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", RAY_USAGE_STATS_ENABLED="0")
+    # Byte-code cache outside the venv: without it every subprocess recompiles hydra and mlflow.
+    if env.get("PYTHONDONTWRITEBYTECODE"):
+        env.pop("PYTHONDONTWRITEBYTECODE")
+        env["PYTHONPYCACHEPREFIX"] = str(tmp_path_factory.mktemp("pycache"))
+    return env
+
+
+def _train(tmp_path, env, *args, timeout=300):
+    store = [f"tracking.uri=sqlite:///{tmp_path / 'store' / 'mlflow.db'}",
+             f"tracking.artifact_root={tmp_path / 'store' / 'art'}"]
+    flags = [a for a in args if a.startswith("-")]  # Hydra wants flags before the overrides
+    overrides = [a for a in args if not a.startswith("-")]
+    return subprocess.run([sys.executable, TRAIN, *flags, *store, *overrides], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_single_run_prints_one_line_and_logs_one_run(tmp_path, cli_env):
+    proc = _train(tmp_path, cli_env, "train.epochs=10", "optim.lr=0.3")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lr=0.3") and "finished" in lines[0]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("backprop-lab/train")
+    [run] = client.search_runs([exp.experiment_id])
+    assert run.data.params["optim.lr"] == "0.3" and run.info.status == "FINISHED"
+    assert not (tmp_path / "mlruns").exists()  # nothing dropped in the working directory
+
+
+BAD = [
+    ("optim.lr=-1", "optim.lr=-1: must be > 0"),
+    ("optim.lr=0", "optim.lr=0: must be > 0"),
+    ("optim.lr=abc", "optim.lr=abc: must be a number"),
+    ("model.width=0", "model.width=0: must be >= 1"),
+    ("model.hidden_sizes=[]", "model.hidden_sizes=[]: must be a non-empty list"),
+    ("init=nope", "init=nope: no such option; valid: he"),
+    ("optim=nope", "optim=nope: no such option; valid: adam"),
+    ("data=nope", "data=nope: no such option; valid: blobs"),
+    ("init.name=nope", "init.name=nope: must be one of: he"),
+    ("optim.lrr=0.1", "optim.lrr=0.1: unknown key (misspelt?); valid keys here: name, lr"),
+    ("+optim.lrr=0.1", "optim.lrr=0.1: unknown key (misspelt?); valid keys here: name, lr"),
+    ("data.test_fraction=1.5", "data.test_fraction=1.5: must be in (0, 1)"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override,expected", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_one_line_nonzero_exit_store_untouched(tmp_path, cli_env, override, expected):
+    proc = _train(tmp_path, cli_env, override)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"invalid config: {expected}" or (
+        proc.stderr.count("\n") == 1 and expected in proc.stderr), proc.stderr
+    assert proc.stdout == ""
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.slow
+def test_unreachable_server_fails_fast_naming_the_uri(tmp_path, cli_env):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, TRAIN, f"tracking.uri={uri}", "train.epochs=2"], cwd=tmp_path,
+                          env=cli_env, capture_output=True, text=True, timeout=120)
+    elapsed = time.perf_counter() - t
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and uri in proc.stderr and "not reachable" in proc.stderr
+    # Interpreter start-up (hydra + mlflow imports) included; the check itself takes < 3 s.
+    assert elapsed < 60
+
+
+@pytest.mark.slow
+def test_unwritable_store_path_fails_with_one_line(tmp_path, cli_env):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = subprocess.run([sys.executable, TRAIN, f"tracking.uri=sqlite:///{blocker}/mlflow.db",
+                           f"tracking.artifact_root={tmp_path / 'art'}"], cwd=tmp_path, env=cli_env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and str(blocker) in proc.stderr and "writable" in proc.stderr
+
+
+@pytest.mark.slow
+def test_four_job_multirun_logs_four_children(tmp_path, cli_env):
+    proc = _train(tmp_path, cli_env, "--multirun", "train.epochs=5", "optim.lr=0.1,0.3",
+                  "model.width=2,8", f"hydra.sweep.dir={tmp_path / 'sweep'}", "experiment_name=cli-sweep",
+                  timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("cli-sweep")
+    children = client.search_runs([exp.experiment_id], "tags.`bpl.role` = 'child'")
+    assert len(children) == 4
+    assert {(r.data.params["optim.lr"], r.data.params["model.width"]) for r in children} == {
+        ("0.1", "2"), ("0.1", "8"), ("0.3", "2"), ("0.3", "8")}
+    assert {r.info.run_name for r in children} == {"lr=0.1 width=2", "lr=0.1 width=8",
+                                                   "lr=0.3 width=2", "lr=0.3 width=8"}
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert {r.data.tags["bpl.sweep_dir"] for r in children} == {str(tmp_path / "sweep")}
+    for name in ("lr=0.1 width=2", "lr=0.3 width=8"):
+        assert any(line.startswith(name) for line in proc.stdout.splitlines()), proc.stdout
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("init=foo", "invalid config: init=foo: no such option; valid: he, he_lecun_output"),
+        ("optim=foo", "invalid config: optim=foo: no such option; valid: adam, gd"),
+        ("data=foo", "invalid config: data=foo: no such option; valid: blobs, circles"),
+        ("optim.lrr=0.1", "invalid config: optim.lrr=0.1: unknown key (misspelt?); valid keys here: name, lr"),
+        ("bogus=1", "invalid config: bogus=1: unknown key (misspelt?); valid keys here: data, model"),
+        ("optim.lr=(", "invalid config: <command line>: Error parsing override 'optim.lr=('"),
+    ],
+)
+def test_hydra_composition_errors_become_one_line(override, expected):
+    with pytest.raises(C.ConfigError) as info:
+        C.check_overrides(str(REPO / "conf"), [override])
+    assert "\n" not in str(info.value) and expected in str(info.value)
+
+
+def test_check_overrides_accepts_good_overrides():
+    C.check_overrides(str(REPO / "conf"), ["optim=adam", "optim.lr=0.01", "model.width=4", "+sweep=default"])
