@@ -1,0 +1,105 @@
+"""The analysis notebooks, executed headless against a real tiny sweep; the output-stripping check."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from analysis_store import tiny_store
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+sys.path.insert(0, str(REPO / "scripts"))
+import run_notebooks  # noqa: E402  (scripts/ is not a package)
+
+# notebook -> minimum number of figures its executed copy must hold
+EXPECTED_FIGURES = {"01-sweep-overview.ipynb": 4, "02-initialization-study.ipynb": 2,
+                    "03-gradient-checking.ipynb": 3}
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory):
+    return tiny_store(tmp_path_factory)
+
+
+def test_every_notebook_is_covered():
+    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(EXPECTED_FIGURES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXPECTED_FIGURES))
+def test_notebook_executes_against_the_sweep_and_draws_its_figures(store, name, tmp_path):
+    # BPL_EXPERIMENT empty: each notebook reads its own default experiment.
+    env = {"BPL_TRACKING_URI": store.uri, "BPL_EXPERIMENT": "", "BPL_SWEEP": "latest"}
+    nb = run_notebooks.execute(NOTEBOOKS / name, env, timeout=300)  # raises on any cell error
+    assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    n_figures = run_notebooks.count_figures(nb)
+    assert n_figures >= EXPECTED_FIGURES[name]
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert f"from sweep " in text and store.uri in text  # it read the store it was given
+    html = tmp_path / "report.html"
+    run_notebooks.write_html(nb, html)
+    assert html.read_text().count("data:image/png;base64") >= n_figures
+
+
+@pytest.mark.slow
+def test_run_notebooks_names_the_missing_sweep_in_one_line(store, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "scripts/run_notebooks.py", str(NOTEBOOKS / "03-gradient-checking.ipynb"),
+         "--tracking-uri", store.uri, "--experiment", "backprop-lab/optimizers", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "FAILED  03-gradient-checking.ipynb: experiment 'backprop-lab/optimizers' not found" in done.stdout
+    assert "run `make sweep SWEEP=optimizers` first" in done.stdout
+    assert not list(tmp_path.glob("*.html"))
+
+
+def test_run_notebooks_without_a_store_fails_before_any_kernel(tmp_path):
+    done = subprocess.run([sys.executable, "scripts/run_notebooks.py", "--tracking-uri",
+                           f"sqlite:///{tmp_path / 'none.db'}", "--out", str(tmp_path / "r")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("run_notebooks: no MLflow store at")
+    assert "make sweep" in done.stderr and not (tmp_path / "none.db").exists()
+
+
+def _strip(*args):
+    return subprocess.run([sys.executable, "scripts/strip_notebooks.py", *map(str, args)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+def test_committed_notebooks_are_stored_without_outputs():
+    done = _strip("--check")  # what `make lint` runs
+    assert done.returncode == 0, done.stdout + done.stderr
+    for path in NOTEBOOKS.glob("*.ipynb"):
+        nb = nbformat.read(path, as_version=4)
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1 and "BPL_TRACKING_URI" in tagged[0].source, path.name
+
+
+def test_strip_check_flags_outputs_and_strip_removes_them(tmp_path):
+    path = tmp_path / "dirty.ipynb"
+    shutil.copy(NOTEBOOKS / "03-gradient-checking.ipynb", path)
+    nb = nbformat.read(path, as_version=4)
+    sources = [c.source for c in nb.cells]
+    code = next(c for c in nb.cells if c.cell_type == "code")
+    code.outputs = [nbformat.v4.new_output("stream", name="stdout", text="hello\n")]
+    code.execution_count = 3
+    nbformat.write(nb, path)
+
+    check = _strip("--check", path)
+    assert check.returncode == 1 and f"{path}: 1 cell(s) stored with outputs" in check.stdout
+    assert json.loads(path.read_text())["cells"][1]["outputs"]  # --check leaves the file alone
+
+    assert _strip(path).returncode == 0
+    stripped = nbformat.read(path, as_version=4)
+    assert all(not c.get("outputs") and c.get("execution_count") is None
+               for c in stripped.cells if c.cell_type == "code")
+    assert [c.source for c in stripped.cells] == sources
+    assert "parameters" in stripped.cells[1].metadata["tags"]
+    assert _strip("--check", path).returncode == 0
