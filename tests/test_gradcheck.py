@@ -197,6 +197,10 @@ def test_bad_arguments_give_one_line_errors(moons):
         check_gradients(model, params, *moons, mode="fast")
     with pytest.raises(ValueError, match="h=0"):
         check_gradients(model, params, *moons, h=0)
+    with pytest.raises(ValueError, match="n_directions=0 .*positive integer"):
+        check_gradients(model, params, *moons, mode="directional", n_directions=0)
+    with pytest.raises(ValueError, match="threshold=-1"):
+        check_gradients(model, params, *moons, threshold=-1)
     bad = dict(params, W1=np.full_like(params["W1"], np.nan))
     with pytest.raises(ValueError, match="loss"):
         check_gradients(model, bad, *moons)
