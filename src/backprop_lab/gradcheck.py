@@ -138,8 +138,9 @@ def check_gradients(model, params, X, y, *, h=1e-6, mode="full", n_directions=32
         raise ValueError(f"gradcheck mode={mode!r} is not valid; use one of {', '.join(MODES)}")
     if not h > 0:
         raise ValueError(f"gradcheck h={h!r} is not valid; use a positive step such as 1e-6")
-    if mode == "directional" and (isinstance(n_directions, bool) or n_directions < 1
-                                  or not isinstance(n_directions, (int, np.integer))):
+    if mode == "directional" and (isinstance(n_directions, bool)
+                                  or not isinstance(n_directions, (int, np.integer))
+                                  or n_directions < 1):
         raise ValueError(f"gradcheck n_directions={n_directions!r} is not valid; "
                          "use a positive integer such as 32")
     if not threshold > 0:
