@@ -62,6 +62,18 @@ def test_data_figure(dataset, tmp_path):
     _saved(fig, tmp_path, "data")
 
 
+def test_data_png_is_rendered_once_per_dataset(dataset, tmp_path):
+    first = plots.data_png(dataset)
+    assert first[:8] == PNG_MAGIC
+    assert plots.data_png(dataset) is first  # cached: the same bytes object
+    other = load_dataset("moons", rng=make_rng(1, "data"))  # another seed: another picture
+    assert plots.data_png(other) != first
+    path = tmp_path / "data.png"
+    path.write_bytes(first)
+    w, h = _png_size(path)
+    assert (w, h) == (round(plots.FIGSIZE[0] * plots.DPI), round(plots.FIGSIZE[1] * plots.DPI))
+
+
 def test_curves_figure(history, tmp_path):
     fig = plots.curves_figure(history)
     ax_loss, ax_acc = fig.axes
