@@ -24,6 +24,7 @@ NOTEBOOKS = REPO / "notebooks"
 TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
                  "RAY_USAGE_STATS_ENABLED": "0"}
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+DEFAULT_EXPERIMENT = re.compile(r'EXPERIMENT = .* or "([^"]+)"')
 
 
 def count_figures(nb) -> int:
@@ -65,6 +66,36 @@ def error_line(error: Exception) -> str:
         return found[-1].strip()
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else type(error).__name__
+
+
+def default_experiment(path: Path) -> str | None:
+    """The experiment a notebook reads by default: `EXPERIMENT = ... or "<name>"` in its parameters cell."""
+    import nbformat
+
+    for cell in nbformat.read(path, as_version=4).cells:
+        if "parameters" in cell.metadata.get("tags", []):
+            found = DEFAULT_EXPERIMENT.search(cell.source)
+            return found.group(1) if found else None
+    return None
+
+
+def precheck(uri: str, experiment: str | None, sweep: str) -> str | None:
+    """What is missing for a notebook reading `experiment`/`sweep` of `uri` (one line), or None.
+
+    Checked here so that a missing sweep costs no kernel start; the notebook says the same.
+    """
+    from backprop_lab import analysis
+
+    if not experiment:
+        return None
+    try:
+        if sweep == "latest":
+            analysis.latest_sweep(uri, experiment)
+        elif sweep in ("", "all"):
+            analysis.load_runs(uri, experiment=experiment)
+    except analysis.AnalysisError as error:
+        return str(error)
+    return None
 
 
 def write_html(nb, target: Path) -> None:
@@ -112,6 +143,11 @@ def main(argv=None) -> int:
     print(f"store: {uri}")
     for path in paths:
         start = time.perf_counter()
+        missing = precheck(uri, args.experiment or default_experiment(path), args.sweep)
+        if missing:
+            failed += 1
+            print(f"  FAILED  {path.name}: {missing}")
+            continue
         try:
             nb = execute(path.resolve(), env, args.timeout)
         except CellExecutionError as error:

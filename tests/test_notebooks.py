@@ -47,22 +47,49 @@ def test_notebook_executes_against_the_sweep_and_draws_its_figures(store, name, 
     assert html.read_text().count("data:image/png;base64") >= n_figures
 
 
+def _run_notebooks(*args):
+    return subprocess.run([sys.executable, "scripts/run_notebooks.py", *map(str, args)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_run_notebooks_writes_an_html_report_with_figures(store, tmp_path):
+    done = _run_notebooks(NOTEBOOKS / "03-gradient-checking.ipynb", "--tracking-uri", store.uri,
+                          "--out", tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ok      03-gradient-checking.ipynb" in done.stdout
+    html = (tmp_path / "03-gradient-checking.html").read_text()
+    assert html.count("data:image/png;base64") >= EXPECTED_FIGURES["03-gradient-checking.ipynb"]
+
+
 @pytest.mark.slow
 def test_run_notebooks_names_the_missing_sweep_in_one_line(store, tmp_path):
-    done = subprocess.run(
-        [sys.executable, "scripts/run_notebooks.py", str(NOTEBOOKS / "03-gradient-checking.ipynb"),
-         "--tracking-uri", store.uri, "--experiment", "backprop-lab/optimizers", "--out", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = _run_notebooks(NOTEBOOKS / "03-gradient-checking.ipynb", "--tracking-uri", store.uri,
+                          "--experiment", "backprop-lab/optimizers", "--out", tmp_path)
     assert done.returncode == 1
     assert "FAILED  03-gradient-checking.ipynb: experiment 'backprop-lab/optimizers' not found" in done.stdout
     assert "run `make sweep SWEEP=optimizers` first" in done.stdout
     assert not list(tmp_path.glob("*.html"))
 
 
+def test_error_line_is_the_analysis_error_of_a_failed_cell():
+    from nbclient.exceptions import CellExecutionError
+
+    traceback = ("\x1b[31m---------\x1b[0m\nAnalysisError                 Traceback\n"
+                 "\x1b[31mAnalysisError\x1b[0m: no sweep (parent run) in experiment 'x': run `make sweep` first\n")
+    error = CellExecutionError(traceback, "AnalysisError", "no sweep")
+    assert run_notebooks.error_line(error) == "no sweep (parent run) in experiment 'x': run `make sweep` first"
+
+
+def test_each_notebook_declares_its_default_experiment():
+    assert {name: run_notebooks.default_experiment(NOTEBOOKS / name) for name in EXPECTED_FIGURES} == {
+        "01-sweep-overview.ipynb": "backprop-lab/default",
+        "02-initialization-study.ipynb": "backprop-lab/deep_init",
+        "03-gradient-checking.ipynb": "backprop-lab/default"}
+
+
 def test_run_notebooks_without_a_store_fails_before_any_kernel(tmp_path):
-    done = subprocess.run([sys.executable, "scripts/run_notebooks.py", "--tracking-uri",
-                           f"sqlite:///{tmp_path / 'none.db'}", "--out", str(tmp_path / "r")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = _run_notebooks("--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}", "--out", tmp_path / "r")
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("run_notebooks: no MLflow store at")
     assert "make sweep" in done.stderr and not (tmp_path / "none.db").exists()
