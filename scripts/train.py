@@ -47,7 +47,7 @@ def swept_keys(hc) -> tuple[str, ...]:
 
 if __name__ == "__main__":
     if not any(a.startswith("-") for a in sys.argv[1:]):  # single run: Hydra's errors in one line too
-        from backprop_lab.config import ConfigError, check_overrides
+        from backprop_lab.config_errors import ConfigError, check_overrides
 
         try:
             check_overrides(CONF, sys.argv[1:])

@@ -10,6 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from backprop_lab import config as C
+from backprop_lab.config_errors import check_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = str(REPO / "scripts" / "train.py")
@@ -137,9 +138,9 @@ def test_four_job_multirun_logs_four_children(tmp_path, cli_env):
 )
 def test_hydra_composition_errors_become_one_line(override, expected):
     with pytest.raises(C.ConfigError) as info:
-        C.check_overrides(str(REPO / "conf"), [override])
+        check_overrides(str(REPO / "conf"), [override])
     assert "\n" not in str(info.value) and expected in str(info.value)
 
 
 def test_check_overrides_accepts_good_overrides():
-    C.check_overrides(str(REPO / "conf"), ["optim=adam", "optim.lr=0.01", "model.width=4", "+sweep=default"])
+    check_overrides(str(REPO / "conf"), ["optim=adam", "optim.lr=0.01", "model.width=4", "+sweep=default"])

@@ -1,4 +1,4 @@
-"""MLflow plumbing: where the store is, creating it once, experiments, run lookup, batched logging.
+"""MLflow plumbing: experiments, run lookup, batched logging, tags (store set-up: store.py, re-exported).
 
 Everything here talks to MLflow through an explicit `MlflowClient` (no fluent global state), so
 several runs in one process, or several processes on one store, never share an "active run".
@@ -7,188 +7,28 @@ Imports no layer internals (core modules); see docs/pipeline.md for the why of e
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import logging
 import math
 import os
 import platform
 import re
-import shutil
-import socket
 import subprocess
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from backprop_lab.config import UserError
-
-# Before mlflow is imported anywhere through us: no outbound telemetry, and a client that gives
-# up quickly on a dead server instead of retrying for minutes (users can still override these).
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "true")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+# store sets the telemetry / HTTP-retry env vars before mlflow is imported.
+from backprop_lab.store import (  # noqa: F401 - re-exported: the tracking API in one place
+    HEALTH_TIMEOUT_S, StoreError, check_server, prepare_store, repo_root, resolve_tracking, sqlite_path,
+)
 
 import mlflow  # noqa: E402
 from mlflow.entities import Metric, Param, Run, RunTag  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402, F401
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 PARAM_CHUNK = 100  # MLflow's log_batch limit for params
 METRIC_CHUNK = 1000  # ... and for metrics
 PARAM_VALUE_MAX = 6000  # MLflow's param value length limit
-HEALTH_TIMEOUT_S = 2.5
-
-
-class StoreError(UserError, RuntimeError):
-    """The tracking store cannot be used; `str()` is one line naming the URI or path."""
-
-
-def repo_root(start: Path | None = None) -> Path:
-    """The folder holding pyproject.toml above src/backprop_lab, else the current directory."""
-    here = Path(__file__).resolve().parent  # .../src/backprop_lab
-    candidate = here.parent.parent
-    if (candidate / "pyproject.toml").is_file() and (candidate / "src" / "backprop_lab").is_dir():
-        return candidate
-    return (start or Path.cwd()).resolve()
-
-
-def resolve_tracking(rc: Any) -> tuple[str, str | None]:
-    """RunConfig -> (tracking uri, artifact root folder or None when a server stores artifacts)."""
-    uri = rc.tracking.uri or f"sqlite:///{repo_root() / 'mlflow.db'}"
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///"))
-        # Relative paths are resolved now, so Hydra or a worker's cwd cannot move the store.
-        uri = f"sqlite:///{path if path.is_absolute() else path.resolve()}"
-        root = rc.tracking.artifact_root or str(repo_root() / "mlartifacts")
-        return uri, str(Path(root).resolve())
-    root = rc.tracking.artifact_root
-    return uri, (str(Path(root).resolve()) if root and "://" not in root else root)
-
-
-def sqlite_path(uri: str) -> Path | None:
-    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-
-
-def prepare_store(uri: str, artifact_root: str | None = None) -> MlflowClient:
-    """Create (or check) the store once, in this process, and return a client for it.
-
-    SQLite: create the parent folder and the schema here, so parallel workers never race to
-    migrate a fresh file. HTTP: one short GET /health; a dead server fails in ~3 s, not minutes.
-    Raises StoreError (one line naming the path or URI).
-    """
-    # "Creating initial MLflow database tables..." is noise in a sweep's one-line-per-run output.
-    for name in ("mlflow.store.db.utils", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    db = sqlite_path(uri)
-    if db is not None:
-        _check_writable_dir(db.parent, f"SQLite store {db}")
-        if db.exists() and not os.access(db, os.W_OK):
-            raise StoreError(f"SQLite store {db} is not writable; pick another tracking.uri")
-        if artifact_root:
-            _check_writable_dir(Path(artifact_root), f"artifact root {artifact_root}")
-        if not db.exists():
-            _copy_schema_template(db, artifact_root)
-    elif uri.startswith(("http://", "https://")):
-        check_server(uri)
-    client = MlflowClient(tracking_uri=uri)
-    try:
-        client.search_experiments(max_results=1)  # builds the SQLite schema on first use
-    except MlflowException as exc:
-        raise StoreError(f"tracking store {uri} cannot be opened: {_first_line(exc)}") from None
-    except Exception as exc:  # sqlite/sqlalchemy errors (locked, corrupt, read-only file)
-        raise StoreError(f"tracking store {uri} cannot be opened: {_first_line(exc)}") from None
-    return client
-
-
-def _schema_template() -> Path | None:
-    """A fresh MLflow SQLite schema for this MLflow version, built once per machine and cached.
-
-    Building the schema runs MLflow's ~60 alembic migrations: 3-15 s here, paid by every new
-    store (each test, each cold benchmark). Copying a migrated empty file takes milliseconds.
-    None when no cache folder is writable (then MLflow migrates the new file itself).
-    """
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "backprop-lab"
-    template = cache / f"mlflow-{mlflow.__version__}-schema.db"
-    if template.is_file():
-        return template
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / f".building-{os.getpid()}.db"
-        tmp.unlink(missing_ok=True)
-        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
-        try:
-            os.link(tmp, template)  # atomic create-if-absent: racing builders keep the first
-        except FileExistsError:
-            pass
-        tmp.unlink()
-        return template
-    except (OSError, MlflowException):
-        return None
-
-
-def _copy_schema_template(db: Path, artifact_root: str | None) -> None:
-    """Create `db` from the template; never overwrites a store another process just created."""
-    template = _schema_template()
-    if template is None:
-        return
-    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
-    shutil.copyfile(template, tmp)
-    if artifact_root:
-        # The template's "Default" experiment points where it was built; point it at our root,
-        # as MLflow would have done had it created this store with that artifact root.
-        import sqlite3
-
-        with contextlib.closing(sqlite3.connect(tmp)) as con, con:
-            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
-                        ((Path(artifact_root) / "0").resolve().as_uri(),))
-    try:
-        os.link(tmp, db)  # atomic: parallel workers get one complete store, never a half copy
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _check_writable_dir(folder: Path, what: str) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"{what}: cannot create folder {folder} ({exc.strerror or exc}); "
-                         "pick a writable path") from None
-    # os.access lies for root, so really try to write.
-    probe = folder / f".bpl-write-test-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise StoreError(f"{what}: folder {folder} is not writable ({exc.strerror or exc}); "
-                         "pick a writable path") from None
-
-
-def check_server(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
-    """One GET <uri>/health; raise StoreError naming the URI if it does not answer 200."""
-    url = uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (user's own server)
-            if resp.status == 200:
-                return
-            reason = f"HTTP {resp.status}"
-    except urllib.error.HTTPError as exc:
-        reason = f"HTTP {exc.code}"
-    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as exc:
-        reason = str(getattr(exc, "reason", exc)) or type(exc).__name__
-    raise StoreError(f"tracking server {uri} is not reachable ({reason}); "
-                     "start it with `make server` or set tracking.uri / MLFLOW_TRACKING_URI")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- experiments and runs
