@@ -147,6 +147,12 @@ def test_cli_server_prints_url_and_sigterm_stops_the_whole_group(tmp_path):
         assert "stopping mlflow" in out
         time.sleep(0.5)
         assert pids_with_args("--port", str(port)) == [], "mlflow processes left behind"
-    finally:
+    finally:  # on a failed assertion: the clean path first, then by PID whatever is left
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        for pid in pids_with_args("--port", str(port)):
+            os.kill(pid, signal.SIGKILL)
