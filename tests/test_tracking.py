@@ -109,7 +109,7 @@ def test_log_history_bulk_path_matches_public_api(store):
     series = [("train/loss", range(300), [1.0 / (i + 1) for i in range(300)]),
               ("test/acc", range(300), [i / 300 for i in range(300)]),
               ("bad", range(3), [1.0, float("nan"), float("inf")])]
-    tracking.log_history(client, fast, tracking.metric_batch(series, 1000))
+    tracking.log_history(client, fast, series, 1000)
     tracking.log_metrics(client, slow, tracking.metric_batch(series, 1000))
     for key in ("train/loss", "test/acc", "bad"):
         a = [(m.step, m.value) for m in client.get_metric_history(fast, key)]
@@ -122,6 +122,12 @@ def test_log_history_bulk_path_matches_public_api(store):
 
 
 def test_metric_values_rounded_to_six_significant_digits():
+    import numpy as np
+
+    values = [0.123456789, 123456789.0, 0.0, -2 / 3, 1e-310, float("nan"), 3.14159265e-200]
+    got = tracking.round_sig_array(values)
+    want = [tracking.round_sig(v) for v in values]
+    assert np.allclose(got, want, rtol=1e-15, equal_nan=True)
     assert tracking.round_sig(0.123456789) == 0.123457
     assert tracking.round_sig(123456789.0) == 123457000.0
     assert tracking.round_sig(0.0) == 0.0

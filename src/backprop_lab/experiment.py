@@ -139,14 +139,16 @@ def _end_failed(client, run_id: str, status: str = "FAILED") -> None:
     """Best effort: the traceback as an artifact, bpl.status=failed, run ended FAILED/KILLED."""
     from backprop_lab import tracking
 
+    text = traceback.format_exc()
     try:
         with tempfile.TemporaryDirectory(prefix="bpl-err-") as tmp:
-            folder = Path(tmp) / "error"
-            folder.mkdir()
-            (folder / "traceback.txt").write_text(traceback.format_exc())
+            (Path(tmp) / "error").mkdir()
+            (Path(tmp) / "error" / "traceback.txt").write_text(text)
             client.log_artifacts(run_id, tmp)
+    except Exception:  # noqa: BLE001 - a broken artifact store must not hide the run's end
+        print(text, file=sys.stderr)
     finally:
-        tracking.log_tags(client, run_id, {"bpl.status": "failed" if status == "FAILED" else "killed"})
+        tracking.log_tags(client, run_id, {"bpl.status": "failed"})
         client.set_terminated(run_id, status)
 
 
@@ -275,7 +277,7 @@ def _train_and_log(client, run_id: str, rc: RunConfig, job: JobContext, t0: floa
 
     outcome = _compute(rc, dataset, model, _progress(rc))
     figures = {
-        "data": plots.data_figure(dataset),
+        "data": _data_png(rc, dataset),
         "curves": plots.curves_figure(outcome.history),
         "decision_boundary": plots.decision_boundary_figure(model, outcome.params, dataset),
     }
@@ -283,7 +285,7 @@ def _train_and_log(client, run_id: str, rc: RunConfig, job: JobContext, t0: floa
     now_ms = int(time.time() * 1000)
     steps = outcome.history["epoch"]
     series = [(k, steps, v) for k, v in outcome.history.items() if k != "epoch"]
-    tracking.log_history(client, run_id, tracking.metric_batch(series, now_ms))
+    tracking.log_history(client, run_id, series, now_ms)
     with tempfile.TemporaryDirectory(prefix="bpl-art-") as tmp:
         _write_artifacts(Path(tmp), rc, job, outcome, figures, plots.DPI)
         tracking.log_artifact_dir(client, run_id, tmp)
@@ -305,7 +307,10 @@ def _write_artifacts(folder: Path, rc: RunConfig, job: JobContext, outcome: Outc
     (folder / "plots").mkdir()
     (folder / "config").mkdir()
     for name, fig in figures.items():
-        fig.savefig(folder / "plots" / f"{name}.png", dpi=dpi)
+        if isinstance(fig, bytes):
+            (folder / "plots" / f"{name}.png").write_bytes(fig)
+        else:
+            fig.savefig(folder / "plots" / f"{name}.png", dpi=dpi)
     (folder / "config" / "config.yaml").write_text(
         yaml.safe_dump(rc.model_dump(mode="json"), sort_keys=False))
     (folder / "config" / "overrides.yaml").write_text(yaml.safe_dump(list(job.overrides)))
@@ -318,6 +323,22 @@ def _write_artifacts(folder: Path, rc: RunConfig, job: JobContext, outcome: Outc
     (folder / "history.csv").write_text(buf.getvalue())
     np.savez(folder / "params.npz", **outcome.params)
     (folder / "gradcheck.json").write_text(json.dumps(outcome.gradcheck, indent=1))
+
+
+_DATA_PNG: dict[str, bytes] = {}
+
+
+def _data_png(rc: RunConfig, dataset) -> bytes:
+    """plots/data.png, rendered once per process per dataset: a sweep's runs share their data."""
+    from backprop_lab import plots
+
+    key = json.dumps([rc.data.model_dump(), rc.seed, rc.train.dtype])
+    if key not in _DATA_PNG:
+        buf = io.BytesIO()
+        plots.data_figure(dataset).savefig(buf, format="png", dpi=plots.DPI)
+        _DATA_PNG.clear()  # keep one: sweeps vary the data rarely, memory stays flat
+        _DATA_PNG[key] = buf.getvalue()
+    return _DATA_PNG[key]
 
 
 class _Progress:
