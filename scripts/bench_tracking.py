@@ -75,7 +75,7 @@ def subset_naive(tmp: Path, configs: list) -> list[float]:
     """Same compute, then one MLflow call per value (params, metrics, figures)."""
     import mlflow
 
-    from backprop_lab import experiment, plots, tracking
+    from backprop_lab import compute, plots, tracking
     from backprop_lab.config import flatten, validate
     from backprop_lab.data import load_dataset
     from backprop_lab.mlp import MLP
@@ -92,7 +92,7 @@ def subset_naive(tmp: Path, configs: list) -> list[float]:
         ds = load_dataset(rc.data.name, rng=make_rng(rc.seed, "data"), dtype=rc.train.dtype,
                           n_samples=rc.data.n_samples, noise=rc.data.noise, test_fraction=rc.data.test_fraction)
         model = MLP(rc.model.layer_sizes(2), activation=rc.model.activation)
-        outcome = experiment._compute(rc, ds, model, None)
+        outcome = compute.compute(rc, ds, model)
         t = time.perf_counter()
         with mlflow.start_run(experiment_id=exp_id):
             for k, v in flatten(rc).items():
