@@ -20,7 +20,8 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def runs(store):
-    return analysis.load_runs(store.uri, experiment=DEFAULT)
+    """The latest default sweep: 7 runs of its own and 1 reused from the one-job sweep before it."""
+    return analysis.load_runs(store.uri, parent_run_id=analysis.latest_sweep(store.uri, DEFAULT))
 
 
 # --- fast: no sweep needed -----------------------------------------------------------------
@@ -81,7 +82,10 @@ def test_load_runs_one_row_per_child_with_real_types(store, runs):
     assert set(runs["status"]) <= {"finished", "diverged"}
     assert set(runs["role"]) == {"child"}
     parent = analysis.latest_sweep(store.uri, DEFAULT)
-    assert set(runs["parent_run_id"]) == {parent}
+    reused = runs[runs["reused"]]
+    assert len(reused) == 1 and reused["parent_run_id"].item() != parent
+    assert reused[["init", "width", "seed"]].iloc[0].tolist() == ["he", 2, 0]
+    assert set(runs.loc[~runs["reused"], "parent_run_id"]) == {parent}
     # Every value matches what MLflow holds for that run.
     client = MlflowClient(store.uri)
     for row in runs.itertuples():
@@ -100,8 +104,9 @@ def test_load_sweep_latest_equals_parent_and_all(store, runs):
     by_sweep, parent = analysis.load_sweep(store.uri, DEFAULT, "latest")
     assert parent == analysis.latest_sweep(store.uri, DEFAULT)
     assert set(by_sweep["run_id"]) == set(runs["run_id"])
-    every, none = analysis.load_sweep(store.uri, DEFAULT, "all")
-    assert none is None and set(every["run_id"]) == set(runs["run_id"])
+    every, none = analysis.load_sweep(store.uri, DEFAULT, "all")  # both sweeps' children, no parents
+    assert none is None and set(every["run_id"]) == set(runs["run_id"]) and not every["reused"].any()
+    assert set(every["role"]) == {"child"}
     deep, _ = analysis.load_sweep(store.uri, "backprop-lab/deep_init")
     assert len(deep) == grid_size(DEEP_GRID) and set(deep["depth"]) == {10}
     with pytest.raises(analysis.AnalysisError, match="not found"):
@@ -111,13 +116,18 @@ def test_load_sweep_latest_equals_parent_and_all(store, runs):
 @pytest.mark.slow
 def test_load_histories_long_frame_matches_metric_history(store, runs):
     metrics = ("train/loss", "test/acc")
-    hist = analysis.load_histories(store.uri, runs["run_id"], metrics=metrics)
-    assert list(hist.columns) == ["run_id", "epoch", "metric", "value"]
-    assert len(hist) == len(runs) * len(metrics) * DEFAULT_EPOCHS
-    assert set(hist["epoch"]) == set(range(DEFAULT_EPOCHS))
+    hist = analysis.load_histories(store.uri, runs["run_id"], metrics=metrics)  # history.csv
+    api = analysis.load_histories(store.uri, runs["run_id"], metrics=metrics, source="metrics")
+    for frame in (hist, api):
+        assert list(frame.columns) == ["run_id", "epoch", "metric", "value"]
+        assert len(frame) == len(runs) * len(metrics) * DEFAULT_EPOCHS
+        assert set(frame["epoch"]) == set(range(DEFAULT_EPOCHS))
+    # MLflow holds 6 significant digits, history.csv the exact floats.
+    assert (hist[["run_id", "epoch", "metric"]] == api[["run_id", "epoch", "metric"]]).all().all()
+    np.testing.assert_allclose(hist["value"], api["value"], rtol=1e-5)
     one = runs["run_id"].iloc[0]
     direct = MlflowClient(store.uri).get_metric_history(one, "train/loss")
-    mine = hist[(hist["run_id"] == one) & (hist["metric"] == "train/loss")]
+    mine = api[(api["run_id"] == one) & (api["metric"] == "train/loss")]
     assert mine["value"].tolist() == [m.value for m in sorted(direct, key=lambda m: m.step)]
 
 
