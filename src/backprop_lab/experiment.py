@@ -54,6 +54,23 @@ class RunSummary:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def job_from_hydra(hc, argv=()) -> JobContext:
+    """JobContext from HydraConfig.get() (and the driver's command line, for swept lists)."""
+    multirun = str(hc.mode).endswith("MULTIRUN")
+    swept: list[str] = []
+    if multirun:
+        swept = list((hc.sweeper.get("params") or {}).keys())  # the preset's sweep
+        for arg in argv:  # command-line lists; joblib workers see only the preset's keys
+            key, _, value = arg.lstrip("+~").partition("=")
+            if "," in value or value.startswith(("range(", "choice(", "glob(", "interval(")):
+                swept.append(key)
+    return JobContext(mode="multirun" if multirun else "single",
+                      sweep_dir=str(hc.sweep.dir) if multirun else None,
+                      job_num=hc.job.num if multirun else None,
+                      overrides=tuple(hc.overrides.task), preset=hc.runtime.choices.get("sweep"),
+                      swept=tuple(swept))
+
+
 def run(cfg: Any, job: JobContext | None = None, *, out=None) -> RunSummary:
     """Train and log one run. Raises ConfigError / StoreError in single mode before any write.
 
