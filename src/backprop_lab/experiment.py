@@ -227,7 +227,7 @@ def _train_and_log(client, run_id: str, rc: RunConfig, job: JobContext, t0: floa
     now_ms = int(time.time() * 1000)
     steps = outcome.history["epoch"]
     series = [(k, steps, v) for k, v in outcome.history.items() if k != "epoch"]
-    tracking.log_history(client, run_id, series, now_ms)
+    latest = tracking.log_history(client, run_id, series, now_ms, defer_latest=True)
     with tempfile.TemporaryDirectory(prefix="bpl-art-") as tmp:
         _write_artifacts(Path(tmp), rc, job, outcome, figures, plots.DPI)
         tracking.log_artifact_dir(client, run_id, tmp)
@@ -238,7 +238,7 @@ def _train_and_log(client, run_id: str, rc: RunConfig, job: JobContext, t0: floa
     end_tags = {"bpl.status": outcome.status}
     if outcome.diverged_epoch is not None:
         end_tags["bpl.diverged_epoch"] = outcome.diverged_epoch
-    metrics = tracking.metric_batch([(k, [0], [v]) for k, v in final.items()], now_ms)
+    metrics = latest + tracking.metric_batch([(k, [0], [v]) for k, v in final.items()], now_ms)
     tracking.log_metrics(client, run_id, metrics, tags=end_tags)
     client.set_terminated(run_id, "FINISHED")
     return outcome.status, final
