@@ -1,0 +1,141 @@
+"""Beyond one machine, for real: a tracking server (serve.py) and a two-node Ray cluster on loopback,
+a 4-job sweep through conf/hydra/launcher/ray_cluster.yaml, checked through the server's REST API.
+
+The test body runs inside a network namespace that has only `lo` (`unshare --net`), so nothing Ray
+or MLflow looks up can leave the machine. The outer test re-runs this file's inner test there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from backprop_lab.serve import free_port, start_mlflow
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts" / "ci"))
+from local_ray import start_local_ray  # noqa: E402
+
+IN_NETNS = os.environ.get("BPL_IN_NETNS") == "1"
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+
+def run_in_loopback_netns(test_id: str, basetemp: Path) -> subprocess.CompletedProcess:
+    """Re-run one test of this file under `unshare --net` with only `lo` up."""
+    script = 'ip link set lo up && exec "$0" -m pytest -q -x -p no:cacheprovider "$1" --basetemp "$2"'
+    env = {**os.environ, "BPL_IN_NETNS": "1", "BPL_DISTRIBUTED": "1"}
+    return subprocess.run(
+        ["unshare", "--net", "--", "sh", "-c", script, sys.executable, f"{__file__}::{test_id}", str(basetemp)],
+        env=env, capture_output=True, text=True, timeout=1200, cwd=REPO,
+    )  # fmt: skip
+
+
+def api(url: str, endpoint: str, **params) -> dict:
+    query = urllib.parse.urlencode(params)
+    with urllib.request.urlopen(f"{url}/api/2.0/mlflow/{endpoint}?{query}", timeout=30) as r:
+        return json.loads(r.read() or b"{}")
+
+
+def search_runs(url: str, experiment_id: str, filter_string: str) -> list[dict]:
+    body = json.dumps({"experiment_ids": [experiment_id], "filter": filter_string, "max_results": 100}).encode()
+    req = urllib.request.Request(f"{url}/api/2.0/mlflow/runs/search", data=body,
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read()).get("runs", [])
+
+
+def tags_of(run: dict) -> dict[str, str]:
+    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+
+def test_ray_sweep_on_two_nodes_lands_in_the_tracking_server(tmp_path):
+    if not IN_NETNS:
+        if shutil.which("unshare") is None or os.geteuid() != 0:
+            pytest.skip("needs root and `unshare` (util-linux) for a loopback-only network namespace")
+        proc = run_in_loopback_netns("test_ray_sweep_on_two_nodes_lands_in_the_tracking_server",
+                                     tmp_path / "netns")  # fmt: skip
+        assert proc.returncode == 0, f"inner test failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+        assert " passed" in proc.stdout
+        return
+    _body(tmp_path)
+
+
+def _body(tmp_path: Path) -> None:
+    # The namespace really is loopback only.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s, pytest.raises(OSError):
+        s.connect(("192.0.2.1", 53))  # TEST-NET-1: unreachable when only lo exists
+
+    with ThreadPoolExecutor(2) as pool:  # the server and the cluster start in parallel
+        server_f = pool.submit(start_mlflow, "server", store_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                               artifact_root=str(tmp_path / "mlartifacts"), port=free_port(),
+                               log_path=tmp_path / "server.log")  # fmt: skip
+        # Workers inherit `ray start`'s environment: a wrong tracking URI there must not win
+        # over the sweep's (the launcher config sends the sweep's in runtime_env).
+        wrong = f"sqlite:///{tmp_path / 'wrong.db'}"
+        cluster_f = pool.submit(start_local_ray, 2, extra_env={"MLFLOW_TRACKING_URI": wrong})
+        server = cluster = None
+        try:
+            server, cluster = server_f.result(), cluster_f.result()
+            _sweep_and_check(tmp_path, server.url, cluster)
+        finally:
+            for f in (server_f, cluster_f):  # stop whatever did start, even if the other failed
+                if f.exception() is None:
+                    f.result().stop()
+    assert cluster is not None and cluster.pids() == [], "Ray processes left behind"
+    assert server is not None and not server.alive()
+
+
+def _sweep_and_check(tmp_path: Path, url: str, cluster) -> None:
+    work = tmp_path / "work"  # the driver's cwd: the sweep dir lands under it
+    work.mkdir()
+    env = {**os.environ, **cluster.env, "MLFLOW_TRACKING_URI": url}
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--multirun", "+sweep=default",
+           "hydra/launcher=ray_cluster", "seed=0,1,2,3", "init=he", "model.width=4", "optim.lr=0.1",
+           "train.epochs=30"]  # fmt: skip
+    # Four seeds = four datasets: jobs that start together with the SAME dataset currently race in
+    # MLflow's log_inputs (UNIQUE constraint on datasets), a pipeline issue reported separately.
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    # Where each job ran and which sweep dir it saw (written by backprop_lab.cluster on the worker).
+    infos = [json.loads(p.read_text()) for p in sorted(work.glob("multirun/*/*/*/ray_job.json"))]
+    assert len(infos) == 4, proc.stdout[-2000:]
+    assert {i["bpl_node"] for i in infos} == {"head", "node1"}, infos
+    assert len({i["ray_node_id"] for i in infos}) == 2
+    sweep_dirs = {i["sweep_dir"] for i in infos}
+    assert len(sweep_dirs) == 1, f"jobs resolved different sweep dirs (${{now:}}): {sweep_dirs}"
+    sweep_dir = sweep_dirs.pop()
+    assert sweep_dir.startswith(str(work / "multirun") + "/")  # absolute, with the driver's timestamp
+
+    # Everything through the server's REST API.
+    exp = api(url, "experiments/get-by-name", experiment_name="backprop-lab/default")["experiment"]
+    assert exp["artifact_location"].startswith("mlflow-artifacts:"), "artifacts must go through the server"
+    parents = search_runs(url, exp["experiment_id"], "tags.`bpl.role` = 'parent'")
+    assert len(parents) == 1
+    parent = parents[0]
+    assert tags_of(parent)["bpl.sweep_dir"] == sweep_dir
+    assert parent["info"]["status"] == "FINISHED"
+    children = search_runs(url, exp["experiment_id"], f"tags.`mlflow.parentRunId` = '{parent['info']['run_id']}'")
+    assert len(children) == 4
+    for child in children:
+        assert child["info"]["status"] == "FINISHED"
+        assert tags_of(child)["bpl.sweep_dir"] == sweep_dir
+        metrics = {m["key"] for m in child["data"]["metrics"]}
+        assert {"final/test_acc", "train/loss"} <= metrics
+        listed = api(url, "artifacts/list", run_id=child["info"]["run_id"], path="plots")
+        assert "plots/decision_boundary.png" in {f["path"] for f in listed.get("files", [])}
+    parent_files = api(url, "artifacts/list", run_id=parent["info"]["run_id"], path="sweep")
+    assert "sweep/children.csv" in {f["path"] for f in parent_files.get("files", [])}
+    assert not (tmp_path / "wrong.db").exists(), "a job used the tracking URI of `ray start`"
+    # The server stored the uploads in its artifacts destination (workers need no shared disk).
+    assert len(list((tmp_path / "mlartifacts").rglob("decision_boundary.png"))) == 4
