@@ -74,8 +74,8 @@ def load_run(client, uri: str, run_id: str, folder: Path):
 
 def recompute(rc):
     """The run's computation, as experiment.run does it, without any logging."""
+    from backprop_lab.compute import compute  # the run's own recipe, not a copy of it
     from backprop_lab.data import load_dataset
-    from backprop_lab.experiment import _compute  # the run's own recipe, not a copy of it
     from backprop_lab.mlp import MLP
     from backprop_lab.rng import make_rng
 
@@ -83,7 +83,7 @@ def recompute(rc):
                            n_samples=rc.data.n_samples, noise=rc.data.noise,
                            test_fraction=rc.data.test_fraction)
     model = MLP(rc.model.layer_sizes(dataset.X_train.shape[1]), activation=rc.model.activation)
-    return _compute(rc, dataset, model, None)
+    return compute(rc, dataset, model, None)
 
 
 def expected_metrics(outcome) -> dict[str, list[tuple[int, float]]]:

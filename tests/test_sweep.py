@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 PRESETS = ("default", "seeds", "datasets", "optimizers", "deep_init")
 ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-       "RAY_USAGE_STATS_ENABLED": "0", "PYTHONHASHSEED": "0"}
+       "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def store_args(tmp_path: Path) -> list[str]:

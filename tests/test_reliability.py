@@ -1,0 +1,220 @@
+"""Reliability of sweeps (issue 5): divergence and failure isolation, parallel workers on a fresh
+store, resume after SIGKILL, bit-identical reruns, reproduce.py. Real SQLite stores in tmp_path,
+the real command line, real worker processes and real signals; nothing is mocked.
+
+The failing job is a config that validates but cannot train: a hidden layer of 10**12 units
+(numpy raises MemoryError when the weights are allocated), the kind of typo a user makes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_sweep import ENV, REPO, client_for, run_sweep, runs_of, store_args
+
+pytestmark = pytest.mark.slow
+HUGE = "1000000000000"
+
+
+def children(client, experiment: str, parent_id: str):
+    return runs_of(client, experiment, f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def only_parent(client, experiment: str):
+    parents = runs_of(client, experiment, "tags.`bpl.role` = 'parent'")
+    assert len(parents) == 1, [p.info.run_name for p in parents]
+    return parents[0]
+
+
+def test_diverged_and_failed_jobs_do_not_stop_the_sweep(tmp_path):
+    result = run_sweep(tmp_path, "optim.lr=0.1,100", f"model.width=10,{HUGE}", "train.epochs=150")
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "sweep custom: 4 jobs: 1 finished, 1 diverged, 2 failed, 0 skipped" in result.stdout
+
+    client = client_for(tmp_path)
+    parent = only_parent(client, "backprop-lab/train")
+    assert parent.info.status == "FAILED"
+    runs = {(c.data.params["optim.lr"], c.data.params["model.width"]): c
+            for c in children(client, "backprop-lab/train", parent.info.run_id)}
+    assert len(runs) == 4
+
+    ok, diverged = runs[("0.1", "10")], runs[("100.0", "10")]
+    assert ok.info.status == "FINISHED" and ok.data.tags["bpl.status"] == "finished"
+    assert diverged.info.status == "FINISHED" and diverged.data.tags["bpl.status"] == "diverged"
+    epoch = int(diverged.data.tags["bpl.diverged_epoch"])
+    assert 0 < epoch < 150
+    assert all(math.isfinite(v) for v in diverged.data.metrics.values())
+    losses = client.get_metric_history(diverged.info.run_id, "train/loss")
+    assert losses and all(math.isfinite(m.value) for m in losses)
+    assert max(m.step for m in losses) <= epoch
+
+    for lr in ("0.1", "100.0"):
+        failed = runs[(lr, HUGE)]
+        assert failed.info.status == "FAILED" and failed.data.tags["bpl.status"] == "failed"
+        path = client.download_artifacts(failed.info.run_id, "error/traceback.txt", str(tmp_path))
+        assert "MemoryError" in Path(path).read_text()
+        # The exit message lists every failed job by run id.
+        assert failed.info.run_id in result.stderr
+    assert "sweep: 2 job(s) failed:" in result.stderr
+
+
+@pytest.mark.parametrize("n_jobs", [2, 4])
+def test_parallel_workers_on_a_fresh_store(tmp_path, n_jobs):
+    """Repeated on a fresh store: every run in the right experiment under the one parent."""
+    widths = ",".join(str(w) for w in range(2, 2 + n_jobs))
+    for attempt in range(2):
+        folder = tmp_path / f"attempt{attempt}"
+        folder.mkdir()
+        result = run_sweep(folder, "+sweep=default", "init=he", "optim.lr=0.1,1.0",
+                           f"model.width={widths}", "train.epochs=10",
+                           "hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr and "OperationalError" not in result.stderr
+        client = client_for(folder)
+        everything = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()], "", max_results=1000)
+        assert {r.info.experiment_id for r in everything} == {
+            client.get_experiment_by_name("backprop-lab/default").experiment_id}
+        parent = only_parent(client, "backprop-lab/default")
+        kids = children(client, "backprop-lab/default", parent.info.run_id)
+        assert len(everything) == 1 + 2 * n_jobs and len(kids) == 2 * n_jobs
+        assert len({k.data.tags["bpl.config_key"] for k in kids}) == 2 * n_jobs
+        assert {k.info.status for k in kids} == {"FINISHED"} and parent.info.status == "FINISHED"
+
+
+def test_resume_after_sigkill_skips_finished_kills_running_and_force_reruns(tmp_path):
+    args = ["+sweep=default", "init=he", "optim.lr=0.05,0.1,0.2", "model.width=16,24",
+            "train.epochs=4000"]
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--multirun", *args,
+           *store_args(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    db = tmp_path / "mlflow.db"
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+            states = _child_states(db)
+            if states.count("FINISHED") >= 2 and "RUNNING" in states:
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+        else:
+            pytest.fail("the sweep ended before it could be killed mid-run")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    client = client_for(tmp_path)
+    parent = only_parent(client, "backprop-lab/default")
+    before = children(client, "backprop-lab/default", parent.info.run_id)
+    n_done = sum(c.info.status == "FINISHED" for c in before)
+    running = [c.info.run_id for c in before if c.info.status == "RUNNING"]
+    assert parent.info.status == "RUNNING" and len(running) == 1 and 2 <= n_done < 6
+
+    again = run_sweep(tmp_path, *args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (f"6 jobs, {n_done} already finished -> will be skipped; resumed parent "
+            f"{parent.info.run_id}, 1 run(s) left RUNNING by a crash marked KILLED") in again.stdout
+    assert f"{6 - n_done} finished, 0 diverged, 0 failed, {n_done} skipped" in again.stdout
+    assert only_parent(client, "backprop-lab/default").info.status == "FINISHED"
+    after = children(client, "backprop-lab/default", parent.info.run_id)
+    assert client.get_run(running[0]).info.status == "KILLED"
+    finished = [c for c in after if c.info.status == "FINISHED"]
+    assert len(finished) == 6 and len({c.data.tags["bpl.config_key"] for c in finished}) == 6
+    assert {c.info.run_id for c in before if c.info.status == "FINISHED"} <= {c.info.run_id for c in finished}
+
+    forced = run_sweep(tmp_path, *args, "force=true")
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert "6 jobs, 0 already finished -> will be skipped (force=true: none); new parent" in forced.stdout
+    assert "6 finished, 0 diverged, 0 failed, 0 skipped" in forced.stdout
+    parents = runs_of(client, "backprop-lab/default", "tags.`bpl.role` = 'parent'")
+    assert len(parents) == 2
+    new = next(p for p in parents if p.info.run_id != parent.info.run_id)
+    assert len([c for c in children(client, "backprop-lab/default", new.info.run_id)
+                if c.info.status == "FINISHED"]) == 6
+    # The old parent gave up the sweep dir, so the new jobs could not attach to it.
+    assert "bpl.sweep_dir" not in client.get_run(parent.info.run_id).data.tags
+
+
+def _child_states(db: Path) -> list[str]:
+    """Statuses of the child runs, read with plain sqlite3 (cheap enough to poll)."""
+    import sqlite3
+
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+            rows = conn.execute(
+                "SELECT r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                "WHERE t.key = 'bpl.role' AND t.value = 'child'").fetchall()
+    except sqlite3.Error:  # schema still being created
+        return []
+    return [r[0] for r in rows]
+
+
+def test_same_config_is_bit_identical_across_launchers_and_reproduce_matches(tmp_path):
+    args = ["optim=adam", "optim.lr=0.01,0.05", "model.width=5", "data=moons", "train.epochs=40"]
+    basic, joblib = tmp_path / "basic", tmp_path / "joblib"
+    basic.mkdir(), joblib.mkdir()
+    assert run_sweep(basic, *args).returncode == 0
+    assert run_sweep(joblib, *args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2").returncode == 0
+
+    def by_key(folder):
+        client = client_for(folder)
+        kids = runs_of(client, "backprop-lab/train", "tags.`bpl.role` = 'child'")
+        return client, {k.data.tags["bpl.config_key"]: k for k in kids}
+
+    (ca, a), (cb, b) = by_key(basic), by_key(joblib)
+    assert set(a) == set(b) and len(a) == 2
+    for key in a:
+        ra, rb = a[key], b[key]
+        for name in ("history.csv", "params.npz"):
+            pa = Path(ca.download_artifacts(ra.info.run_id, name, str(tmp_path / "a" / key)))
+            pb = Path(cb.download_artifacts(rb.info.run_id, name, str(tmp_path / "b" / key)))
+            if name == "history.csv":
+                assert pa.read_bytes() == pb.read_bytes()
+            else:
+                with np.load(pa) as xa, np.load(pb) as xb:
+                    assert all(np.array_equal(xa[k], xb[k]) for k in xa.files)
+        for metric in ("train/loss", "test/acc", "grad_norm/W1"):
+            ha = [(m.step, m.value) for m in ca.get_metric_history(ra.info.run_id, metric)]
+            hb = [(m.step, m.value) for m in cb.get_metric_history(rb.info.run_id, metric)]
+            assert sorted(ha) == sorted(hb) and len(ha) == 40
+
+    run_id = next(iter(b.values())).info.run_id
+    repro = _reproduce(joblib, run_id)
+    assert repro.returncode == 0, repro.stderr
+    assert repro.stdout.strip().splitlines()[-1].startswith(f"MATCH: run {run_id}")
+
+
+def test_reproduce_unknown_run_one_line_nonzero_store_untouched(tmp_path):
+    # An existing store with one real run, so the unknown id is the only problem.
+    assert run_sweep(tmp_path, "train.epochs=5", "model.width=2,3").returncode == 0
+    db = tmp_path / "mlflow.db"
+    digest = hashlib.sha256(db.read_bytes()).hexdigest()
+    result = _reproduce(tmp_path, "0123456789abcdef0123456789abcdef")
+    assert result.returncode == 2
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "run '0123456789abcdef0123456789abcdef' not found" in lines[0]
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
+
+    missing = _reproduce(tmp_path / "nowhere", "abc")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert not (tmp_path / "nowhere").exists()
+
+
+def _reproduce(folder: Path, run_id: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "scripts" / "reproduce.py"), run_id,
+           "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}"]
+    return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
