@@ -31,11 +31,15 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
 def run_in_loopback_netns(test_id: str, basetemp: Path) -> subprocess.CompletedProcess:
-    """Re-run one test of this file under `unshare --net` with only `lo` up."""
+    """Re-run one test of this file under `unshare --net` with only `lo` up.
+
+    Also a PID namespace (the inner pytest is its PID 1): when it exits, the kernel ends whatever
+    might still run in there, a safety net behind the by-PID stops of the test itself.
+    """
     script = 'ip link set lo up && exec "$0" -m pytest -q -x -p no:cacheprovider "$1" --basetemp "$2"'
     env = {**os.environ, "BPL_IN_NETNS": "1", "BPL_DISTRIBUTED": "1"}
     return subprocess.run(
-        ["unshare", "--net", "--", "sh", "-c", script, sys.executable, f"{__file__}::{test_id}", str(basetemp)],
+        ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--", "sh", "-c", script, sys.executable, f"{__file__}::{test_id}", str(basetemp)],
         env=env, capture_output=True, text=True, timeout=1200, cwd=REPO,
     )  # fmt: skip
 
@@ -93,6 +97,23 @@ def _body(tmp_path: Path) -> None:
                     f.result().stop()
     assert cluster is not None and cluster.pids() == [], "Ray processes left behind"
     assert server is not None and not server.alive()
+    leftovers = other_live_processes()
+    for pid in leftovers:  # named in the failure below, and still stopped by PID
+        os.kill(pid, 9)
+    assert leftovers == [], f"processes left in the namespace: {leftovers}"
+
+
+def other_live_processes() -> list[int]:
+    """Live processes of this PID namespace other than this pytest (PID 1 here) and zombies."""
+    live = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if int(proc.name) != os.getpid() and state != "Z":
+            live.append(int(proc.name))
+    return live
 
 
 def _sweep_and_check(tmp_path: Path, url: str, cluster) -> None:

@@ -28,6 +28,10 @@ RAY = str(Path(sys.executable).with_name("ray"))
 MARK = "BPL_RAY_CLUSTER"
 
 
+def _is_zombie(proc: Path) -> bool:
+    return (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -43,19 +47,26 @@ class LocalRay:
     start_seconds: float = 0.0
 
     def pids(self) -> list[int]:
-        """Live processes of this cluster (found by the marker in their environment)."""
-        needle = f"{MARK}={self.root}".encode()
-        found = []
-        for env_file in Path("/proc").glob("[0-9]*/environ"):
-            try:
-                if needle in env_file.read_bytes().split(b"\0"):
-                    found.append(int(env_file.parent.name))
-            except OSError:
-                pass
-        return [p for p in found if p != os.getpid()]
+        """Live processes of this cluster: their command line or environment names its temp dir.
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM every process of the cluster by PID, SIGKILL what is left, remove the temp dir."""
+        Ray renames its processes (setproctitle), which can overwrite the start of the original
+        environment block, so several variables carry the path (marker, token path, --temp-dir).
+        """
+        needle = str(self.root).encode()
+        found = []
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                if int(proc.name) == os.getpid() or _is_zombie(proc):
+                    continue
+                if needle in (proc / "environ").read_bytes() or needle in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+            except (OSError, ValueError):
+                pass
+        return found
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM every process of the cluster by PID, SIGKILL what is left (Ray's agents ignore
+        SIGTERM once their raylet is gone), remove the temp dir."""
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
             for pid in self.pids():
                 try:
