@@ -24,6 +24,8 @@ from test_sweep import ENV, REPO, client_for, run_sweep, runs_of, store_args
 
 pytestmark = pytest.mark.slow
 HUGE = "1000000000000"
+# Fresh-store parallel sweeps per worker count; raise it to hunt races (each costs ~1 min).
+REPEATS = int(os.environ.get("BPL_PARALLEL_REPEATS", "2"))
 
 
 def children(client, experiment: str, parent_id: str):
@@ -72,7 +74,7 @@ def test_diverged_and_failed_jobs_do_not_stop_the_sweep(tmp_path):
 def test_parallel_workers_on_a_fresh_store(tmp_path, n_jobs):
     """Repeated on a fresh store: every run in the right experiment under the one parent."""
     widths = ",".join(str(w) for w in range(2, 2 + n_jobs))
-    for attempt in range(2):
+    for attempt in range(REPEATS):
         folder = tmp_path / f"attempt{attempt}"
         folder.mkdir()
         result = run_sweep(folder, "+sweep=default", "init=he", "optim.lr=0.1,1.0",

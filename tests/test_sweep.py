@@ -189,3 +189,18 @@ def test_four_job_sweep_one_parent_four_children_summary(tmp_path):
     assert len(table) == 4 and set(table["status"]) == {"finished"}
     assert set(table["run_id"]) == {c.info.run_id for c in children}
     assert {"init", "optim.lr", "final/test_acc", "gradcheck_max_rel_err", "seconds"} <= set(table.columns)
+
+
+@pytest.mark.slow
+def test_seeds_preset_prints_mean_and_std_per_setting(tmp_path):
+    result = run_sweep(tmp_path, "+sweep=seeds", "model.width=2,4", "seed=0,1,2", "train.epochs=5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for width in (2, 4):
+        line = next(ln for ln in result.stdout.splitlines() if ln.startswith(f"  model.width={width}:"))
+        assert " +- " in line and line.endswith("over 3 seeds"), line
+    client = client_for(tmp_path)
+    parent = runs_of(client, "backprop-lab/seeds", "tags.`bpl.role` = 'parent'")[0]
+    assert parent.data.tags["bpl.preset"] == "seeds"
+    # Seeds are averaged in the heatmap cells: one figure, for the preset's one init scheme.
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")} == {
+        "sweep/children.csv", "sweep/heatmap_he.png"}
