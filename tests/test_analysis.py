@@ -144,12 +144,15 @@ def test_aggregate_seeds_matches_direct_computation(runs):
 
 
 @pytest.mark.slow
-def test_gradcheck_long_has_every_tensor_when_and_stat(runs):
+def test_gradcheck_long_has_every_tensor_when_and_stat(store, runs):
     long = analysis.gradcheck_long(runs)
     assert set(long["param"]) == {"W1", "b1", "W2", "b2"}
     assert set(long["when"]) == {"init", "trained"} and set(long["stat"]) == {"max_rel_err", "median_rel_err"}
     assert len(long) == len(runs) * 4 * 2 * 2
     assert (long["value"] >= 0).all()
+    no_check, _ = analysis.load_sweep(store.uri, "backprop-lab/deep_init")  # gradcheck.enabled=false
+    with pytest.raises(analysis.AnalysisError, match="gradcheck.enabled=true"):
+        analysis.gradcheck_long(no_check)
 
 
 @pytest.mark.slow

@@ -299,6 +299,9 @@ def gradcheck_long(runs: pd.DataFrame) -> pd.DataFrame:
     Reads columns `gradcheck/<when>/<param>/<stat>` (stat: max_rel_err, median_rel_err).
     """
     columns = [c for c in runs.columns if c.startswith("gradcheck/") and c.count("/") == 3]
+    if not columns:
+        raise AnalysisError("no gradcheck/<when>/<param>/* metrics in these runs: they ran with "
+                            "gradcheck.enabled=false; re-run the sweep with gradcheck.enabled=true")
     long = runs.melt(id_vars=["run_id", "init"], value_vars=columns, var_name="key").dropna()
     parts = long["key"].str.split("/", expand=True)
     long["when"], long["param"], long["stat"] = parts[1], parts[2], parts[3]
