@@ -25,6 +25,7 @@ from backprop_lab.serve import free_port, start_mlflow
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts" / "ci"))
 from local_ray import start_local_ray  # noqa: E402
+from local_slurm import NETNS_EXTRA_ADDR, missing, start_local_slurm  # noqa: E402
 
 IN_NETNS = os.environ.get("BPL_IN_NETNS") == "1"
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -36,7 +37,8 @@ def run_in_loopback_netns(test_id: str, basetemp: Path) -> subprocess.CompletedP
     Also a PID namespace (the inner pytest is its PID 1): when it exits, the kernel ends whatever
     might still run in there, a safety net behind the by-PID stops of the test itself.
     """
-    script = 'ip link set lo up && exec "$0" -m pytest -q -x -p no:cacheprovider "$1" --basetemp "$2"'
+    script = (f"ip link set lo up && ip addr add {NETNS_EXTRA_ADDR} dev lo && "
+              'exec "$0" -m pytest -q -x -p no:cacheprovider "$1" --basetemp "$2"')
     env = {**os.environ, "BPL_IN_NETNS": "1", "BPL_DISTRIBUTED": "1"}
     return subprocess.run(
         ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--", "sh", "-c", script, sys.executable, f"{__file__}::{test_id}", str(basetemp)],
@@ -160,3 +162,42 @@ def _sweep_and_check(tmp_path: Path, url: str, cluster) -> None:
     assert not (tmp_path / "wrong.db").exists(), "a job used the tracking URI of `ray start`"
     # The server stored the uploads in its artifacts destination (workers need no shared disk).
     assert len(list((tmp_path / "mlartifacts").rglob("decision_boundary.png"))) == 4
+
+
+def test_slurm_sweep_on_a_one_node_cluster(tmp_path):
+    """conf/hydra/launcher/slurm.yaml against a real slurmctld + slurmd (Debian packages)."""
+    reason = missing()
+    if reason:
+        pytest.skip(f"local Slurm: {reason} (.ci/run installs it)")
+    if not IN_NETNS:
+        proc = run_in_loopback_netns("test_slurm_sweep_on_a_one_node_cluster", tmp_path / "netns")
+        assert proc.returncode == 0, f"inner test failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+        assert " passed" in proc.stdout
+        return
+    cluster = start_local_slurm(cpus=2)
+    try:
+        store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        env = {**os.environ, **cluster.env, "MLFLOW_TRACKING_URI": store}
+        cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--multirun", "+sweep=default",
+               "hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.mem_gb=1",
+               "hydra.launcher.timeout_min=5", "seed=0,1,2,3", "init=he", "model.width=4",
+               "optim.lr=0.1", "train.epochs=30", f"hydra.sweep.dir={tmp_path / 'multirun'}"]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        # submitit really went through Slurm: one log folder per array task with a Slurm job id.
+        assert len(list((tmp_path / "multirun" / ".submitit").glob("*_*/*_log.out"))) == 4
+    finally:
+        cluster.stop()
+    assert all(p.poll() is not None for p in cluster.procs)
+
+    from mlflow.tracking import MlflowClient  # noqa: PLC0415 - after the sweep, not at collection
+
+    client = MlflowClient(tracking_uri=store)
+    exp = client.get_experiment_by_name("backprop-lab/default")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("bpl.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and len(children) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert all(r.info.status == "FINISHED" and "final/test_acc" in r.data.metrics for r in children)
+    assert sorted(r.data.params["seed"] for r in children) == ["0", "1", "2", "3"]
