@@ -27,20 +27,10 @@ EXPERIMENT_PREFIX = "backprop-lab/"
 CURVE_METRICS = ("train/loss", "train/acc", "test/loss", "test/acc")
 # Run-level metrics kept as columns of load_runs; per-epoch ones live in load_histories.
 RUN_METRIC_PREFIXES = ("final/", "time/", "gradcheck/")
-# Tidy column -> dotted config keys that may hold it (first one present wins).
-PARAM_COLUMNS = {
-    "lr": ("optim.lr",),
-    "width": ("model.width",),
-    "depth": ("model.depth",),
-    "init": ("init.scheme", "init.name", "model.init"),
-    "optimizer": ("optim.name", "optim.optimizer"),
-    "dataset": ("data.name", "data.dataset"),
-    "seed": ("train.seed", "seed"),
-    "activation": ("model.activation",),
-    "epochs": ("train.epochs",),
-}
-# Short aliases of run names (`lr=0.1 width=16 init=he`), a fallback when a param is absent.
-RUN_NAME_ALIASES = {"opt": "optimizer", "data": "dataset", "act": "activation"}
+# Tidy column -> the dotted config key (MLflow param) it is read from (conf/*.yaml).
+PARAM_COLUMNS = {"lr": "optim.lr", "width": "model.width", "depth": "model.depth",
+                 "init": "init.name", "optimizer": "optim.name", "dataset": "data.name",
+                 "seed": "seed", "activation": "model.activation", "epochs": "train.epochs"}
 COLUMN_TYPES = {"lr": "float64", "width": "Int64", "depth": "Int64", "seed": "Int64",
                 "epochs": "Int64", "init": "str", "optimizer": "str",
                 "dataset": "str", "activation": "str", "role": "str", "preset": "str",
@@ -116,24 +106,12 @@ def _search(client: MlflowClient, experiment_ids: list[str], filter_string: str)
             return runs
 
 
-def _run_name_fields(run_name: str) -> dict:
-    fields = {}
-    for part in run_name.split():
-        key, sep, value = part.partition("=")
-        if sep:
-            fields[RUN_NAME_ALIASES.get(key, key)] = cast_value(value)
-    return fields
-
-
 def _row(run) -> dict:
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
-    run_name = run.info.run_name or tags.get("mlflow.runName", "")
-    from_name = _run_name_fields(run_name)
-    row = {"run_id": run.info.run_id, "run_name": run_name,
+    row = {"run_id": run.info.run_id, "run_name": run.info.run_name,
            "parent_run_id": tags.get("mlflow.parentRunId")}
-    for column, keys in PARAM_COLUMNS.items():
-        key = next((k for k in keys if k in params), None)
-        row[column] = cast_value(params[key]) if key else from_name.get(column)
+    for column, key in PARAM_COLUMNS.items():
+        row[column] = cast_value(params.get(key))
     # model.hidden_sizes, when a list, overrides width and depth (conf/model/mlp.yaml);
     # width is then that of the first hidden layer.
     hidden = cast_value(params.get("model.hidden_sizes"))
