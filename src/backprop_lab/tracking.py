@@ -148,7 +148,8 @@ def round_sig_array(values, digits: int = 6) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64)
     out = v.copy()
     ok = np.isfinite(v) & (v != 0)
-    scale = 10.0 ** (digits - 1 - np.floor(np.log10(np.abs(v[ok]))))
+    with np.errstate(over="ignore"):
+        scale = 10.0 ** (digits - 1 - np.floor(np.log10(np.abs(v[ok]))))
     fine = np.isfinite(scale)  # subnormals would overflow the scale: left unrounded
     idx = np.flatnonzero(ok)[fine]
     out[idx] = np.round(v[idx] * scale[fine]) / scale[fine]
