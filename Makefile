@@ -15,6 +15,9 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export RAY_USAGE_STATS_ENABLED := 0
 export BPL_DISTRIBUTED := $(DISTRIBUTED)
+# The environment may set PYTHONDONTWRITEBYTECODE=1: keep compiled bytecode in the repo's cache
+# so that every new interpreter does not recompile mlflow (10-20 s a call).
+export PYTHONPYCACHEPREFIX := $(CURDIR)/.cache/pycache
 
 .PHONY: help setup test test-distributed train sweep ui server notebooks lint bench bench-tracking reproduce clean
 
