@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    # Ctrl-C works even when started with SIGINT ignored (a background job of a script).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     handle = None
     try:
         t0 = time.monotonic()
@@ -71,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\nstopping mlflow ...", flush=True)
         return 0
     finally:
+        # A second Ctrl-C (or the one `uv run`/make forward) must not cut the clean-up short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if handle is not None:
             handle.stop()
 
