@@ -28,7 +28,7 @@ from local_ray import start_local_ray  # noqa: E402
 from local_slurm import NETNS_EXTRA_ADDR, missing, start_local_slurm  # noqa: E402
 
 IN_NETNS = os.environ.get("BPL_IN_NETNS") == "1"
-pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+# The launcher-config tests at the end need no cluster and run in every `make test`.
 
 
 def run_in_loopback_netns(test_id: str, basetemp: Path) -> subprocess.CompletedProcess:
@@ -64,6 +64,8 @@ def tags_of(run: dict) -> dict[str, str]:
     return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_ray_sweep_on_two_nodes_lands_in_the_tracking_server(tmp_path):
     if not IN_NETNS:
         if shutil.which("unshare") is None or os.geteuid() != 0:
@@ -164,6 +166,8 @@ def _sweep_and_check(tmp_path: Path, url: str, cluster) -> None:
     assert len(list((tmp_path / "mlartifacts").rglob("decision_boundary.png"))) == 4
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_slurm_sweep_on_a_one_node_cluster(tmp_path):
     """conf/hydra/launcher/slurm.yaml against a real slurmctld + slurmd (Debian packages)."""
     reason = missing()
@@ -201,3 +205,61 @@ def test_slurm_sweep_on_a_one_node_cluster(tmp_path):
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert all(r.info.status == "FINISHED" and "final/test_acc" in r.data.metrics for r in children)
     assert sorted(r.data.params["seed"] for r in children) == ["0", "1", "2", "3"]
+
+
+# --------------------------------------------------------------------------- launcher configs (fast)
+
+
+def compose_hydra(*overrides: str):
+    from hydra import compose, initialize_config_dir  # noqa: PLC0415
+    from hydra.core.utils import setup_globals  # noqa: PLC0415
+
+    setup_globals()  # the ${now:} resolver
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=["+sweep=default", *overrides], return_hydra_config=True)
+
+
+def test_ray_cluster_config_handles_the_known_traps(monkeypatch):
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", "10.1.2.3:6379")
+    cfg = compose_hydra("hydra/launcher=ray_cluster")
+    ray_cfg = cfg.hydra.launcher.ray
+    assert cfg.hydra.launcher._target_.endswith("hydra_ray_launcher.ray_launcher.RayLauncher")
+    # What hydra_ray_launcher._core.launch does before ray.init: the explicit null must survive.
+    ray_cfg.init.setdefault("object_store_memory", 78643200)
+    init = OmegaConf.to_container(ray_cfg.init, resolve=True)
+    assert init["object_store_memory"] is None
+    assert init["address"] == "10.1.2.3:6379"
+    env_vars = init["runtime_env"]["env_vars"]
+    assert all(isinstance(v, str) for v in env_vars.values()), "Ray wants strings"
+    assert env_vars["MLFLOW_TRACKING_URI"] == "" and env_vars["RAY_USAGE_STATS_ENABLED"] == "0"
+    assert OmegaConf.to_container(ray_cfg.remote) == {"num_cpus": 1, "max_retries": 0, "scheduling_strategy": "SPREAD"}
+    sweep_dir = cfg.hydra.sweep.dir
+    assert os.path.isabs(sweep_dir) and sweep_dir.startswith(os.getcwd()), sweep_dir
+    assert cfg.hydra.callbacks.ray_cluster._target_ == "backprop_lab.cluster.RayClusterCallback"
+    assert "sweep" in cfg.hydra.callbacks, "the pipeline's SweepCallback must stay"
+
+
+def test_ray_cluster_callback_sets_the_driver_auth_mode_and_refuses_unknown_modes(monkeypatch):
+    from backprop_lab.cluster import RayClusterCallback  # noqa: PLC0415
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "1")
+    RayClusterCallback(auth_mode="DISABLED").on_multirun_start(config=None)
+    assert os.environ["RAY_AUTH_MODE"] == "disabled"
+    assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0"
+    with pytest.raises(SystemExit) as e:
+        RayClusterCallback(auth_mode="tokn")
+    assert "RAY_AUTH_MODE='tokn'" in str(e.value) and "token, disabled" in str(e.value)
+
+
+def test_slurm_config_extends_submitit_with_overridable_settings(monkeypatch):
+    monkeypatch.delenv("SLURM_PARTITION", raising=False)
+    cfg = compose_hydra("hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=7",
+                        "hydra.launcher.cpus_per_task=4")  # fmt: skip
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("hydra_submitit_launcher.submitit_launcher.SlurmLauncher")
+    assert (launcher.partition, launcher.timeout_min, launcher.cpus_per_task) == ("gpu", 7, 4)
+    assert compose_hydra("hydra/launcher=slurm").hydra.launcher.partition is None
