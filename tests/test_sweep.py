@@ -146,7 +146,9 @@ def test_bad_sweep_value_one_line_nonzero_nothing_written(tmp_path):
 def test_unknown_preset_nonzero_names_valid_presets_nothing_written(tmp_path):
     result = run_sweep(tmp_path, "+sweep=nope")
     assert result.returncode != 0
-    assert "sweep/nope" in result.stderr and all(p in result.stderr for p in PRESETS)
+    # Hydra's own message today ("Could not find 'sweep/nope'" + options); one line once
+    # scripts/train.py pre-checks the preset as it does single-run overrides.
+    assert "nope" in result.stderr and all(p in result.stderr for p in PRESETS)
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "multirun").exists()
 
 
