@@ -19,18 +19,33 @@ def main(cfg):
     try:
         summary = run(cfg, job)
     except UserError as exc:  # single run: one line (bad config, unusable store), nothing written
-        sys.exit(print(exc, file=sys.stderr) or (2 if isinstance(exc, ConfigError) else 1))
+        print(exc, file=sys.stderr)
+        sys.exit(2 if isinstance(exc, ConfigError) else 1)
     if summary.status == "failed" and job.mode == "single":
         sys.exit(1)
     return summary
 
 
-if __name__ == "__main__":
-    if not any(a.startswith("-") for a in sys.argv[1:]):  # single run: Hydra's errors in one line too
-        from backprop_lab.config_errors import ConfigError, check_overrides
+def precheck(argv: list[str]) -> None:
+    """Hydra's own composition errors (unknown option, misspelt key) as one line, before Hydra runs.
 
-        try:
-            check_overrides(str(Path(__file__).resolve().parent.parent / "conf"), sys.argv[1:])
-        except ConfigError as exc:
-            sys.exit(print(exc, file=sys.stderr) or 2)
+    A single run's overrides are composed once here. A multirun's values may be sweeps (a,b), so
+    only its preset choice is checked here; the sweep callback validates every job up front.
+    """
+    from backprop_lab.config_errors import ConfigError, check_overrides
+
+    overrides = [a for a in argv if not a.startswith("-")]
+    if len(overrides) != len(argv):  # --multirun, -m, --cfg ...
+        overrides = [a for a in overrides if a.lstrip("+").startswith("sweep=")]
+    if not overrides and len(overrides) != len(argv):
+        return
+    try:
+        check_overrides(str(Path(__file__).resolve().parent.parent / "conf"), overrides)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    precheck(sys.argv[1:])
     main()
