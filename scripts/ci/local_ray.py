@@ -47,10 +47,11 @@ class LocalRay:
     start_seconds: float = 0.0
 
     def pids(self) -> list[int]:
-        """Live processes of this cluster: their command line or environment names its temp dir.
+        """Live processes of this cluster: their working directory, command line or environment
+        names its temp dir (`ray start` runs in it, and every Ray process inherits that cwd).
 
-        Ray renames its processes (setproctitle), which can overwrite the start of the original
-        environment block, so several variables carry the path (marker, token path, --temp-dir).
+        Ray renames its processes (setproctitle), which rewrites the command line and can
+        overwrite the original environment block, hence the three checks.
         """
         needle = str(self.root).encode()
         found = []
@@ -58,7 +59,9 @@ class LocalRay:
             try:
                 if int(proc.name) == os.getpid() or _is_zombie(proc):
                     continue
-                if needle in (proc / "environ").read_bytes() or needle in (proc / "cmdline").read_bytes():
+                if (os.readlink(proc / "cwd").startswith(str(self.root))
+                        or needle in (proc / "environ").read_bytes()
+                        or needle in (proc / "cmdline").read_bytes()):  # fmt: skip
                     found.append(int(proc.name))
             except (OSError, ValueError):
                 pass
