@@ -170,3 +170,46 @@ def test_environment_tags_name_versions_and_git():
     assert tags["bpl.numpy"] == numpy.__version__ and tags["bpl.mlflow"] == mlflow.__version__
     assert tags["bpl.python"].startswith("3.11")
     assert len(tags["bpl.git_commit"]) == 40 and tags["bpl.git_dirty"] in ("true", "false")
+
+
+def _log_same_dataset(uri, experiment_id, barrier, out):
+    from backprop_lab import tracking
+    from backprop_lab.data import load_dataset
+    from backprop_lab.rng import make_rng
+
+    client = tracking.MlflowClient(uri)
+    run_id = client.create_run(experiment_id).info.run_id
+    ds = load_dataset("blobs", rng=make_rng(0, "data"))
+    barrier.wait()
+    try:
+        tracking.log_dataset(client, run_id, ds.X_train, ds.y_train, name="blobs", context="train")
+        out.put((run_id, "ok"))
+    except Exception as exc:  # reported to the test, which fails on it
+        out.put((run_id, repr(exc)))
+
+
+@pytest.mark.slow
+def test_parallel_runs_logging_the_same_dataset_do_not_collide(tmp_path):
+    """Jobs that start together with the same data race on MLflow's unique dataset row."""
+    import multiprocessing as mp
+
+    from backprop_lab import tracking
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracking.prepare_store(uri, str(tmp_path / "art"))
+    client = tracking.MlflowClient(uri)
+    ctx = mp.get_context("spawn")
+    for round_ in range(2):  # without the retry this failed in the first round here
+        exp_id = tracking.ensure_experiment(client, f"race-{round_}", str(tmp_path / "art"))
+        barrier, out = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_log_same_dataset, args=(uri, exp_id, barrier, out)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        results = [out.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+        assert [r for _, r in results] == ["ok"] * 4, results
+        for run_id, _ in results:
+            inputs = client.get_run(run_id).inputs.dataset_inputs
+            assert [d.dataset.name for d in inputs] == ["blobs"]
+        assert len({d.dataset.digest for r, _ in results for d in client.get_run(r).inputs.dataset_inputs}) == 1

@@ -14,6 +14,7 @@ import os
 import platform
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -215,7 +216,17 @@ def log_dataset(client: MlflowClient, run_id: str, X, y, *, name: str, context: 
 
     ds = from_numpy(X, targets=y, name=name, source=_LOCAL_SOURCE())
     entity = DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
-    client.log_inputs(run_id, datasets=[entity])
+    for attempt in range(3):
+        try:
+            client.log_inputs(run_id, datasets=[entity])
+            return
+        except MlflowException as exc:
+            # Jobs that start together with the same data race on MLflow's unique
+            # (experiment, name, digest) dataset row (seen with Ray workers on a server);
+            # the loser's retry finds the row and links the run to it.
+            if "unique" not in str(exc).lower() or attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _LOCAL_SOURCE():  # noqa: N802 - a tiny factory
