@@ -6,6 +6,8 @@ UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PY := $(UV) run --locked --no-sync python
 SWEEP ?= default
 JOBS ?= 1
+LAUNCHER ?= basic
+RAY_ADDRESS ?=
 ARGS ?=
 DISTRIBUTED ?= 0
 TEST_ARGS ?=
@@ -19,7 +21,7 @@ export BPL_DISTRIBUTED := $(DISTRIBUTED)
 # so that every new interpreter does not recompile mlflow (10-20 s a call).
 export PYTHONPYCACHEPREFIX := $(CURDIR)/.cache/pycache
 
-.PHONY: help setup test test-distributed train sweep ui server notebooks lint bench bench-tracking reproduce clean
+.PHONY: help setup test test-distributed train sweep ui server notebooks lint bench bench-tracking bench-launchers reproduce clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -40,13 +42,16 @@ test-distributed: ## Run only the distributed tests (Ray cluster, tracking serve
 train: setup ## One run with the defaults; overrides pass through: make train ARGS="optim.lr=0.3"
 	@$(PY) scripts/train.py $(ARGS)
 
-sweep: setup ## Run a sweep preset (SWEEP=default|seeds|datasets|optimizers|deep_init, JOBS=N, ARGS=overrides)
-	@$(PY) scripts/train.py --multirun +sweep=$(SWEEP) $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)) $(ARGS)
+sweep: setup ## Run a sweep preset (SWEEP=default|seeds|datasets|optimizers|deep_init, JOBS=N, LAUNCHER=basic|ray|slurm, RAY_ADDRESS=host:port, ARGS=overrides)
+	@$(PY) scripts/train.py --multirun +sweep=$(SWEEP) \
+	  $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)) \
+	  $(if $(filter ray,$(LAUNCHER)),hydra/launcher=ray_cluster $(if $(RAY_ADDRESS),hydra.launcher.ray.init.address=$(RAY_ADDRESS))) \
+	  $(if $(filter slurm,$(LAUNCHER)),hydra/launcher=slurm) $(ARGS)
 
 ui: setup ## MLflow UI over the same store on 127.0.0.1 (PORT=5000); Ctrl-C stops it
 	@$(PY) scripts/serve.py ui $(ARGS)
 
-server: setup ## MLflow tracking server for remote workers (HOST=127.0.0.1 PORT=5001)
+server: setup ## MLflow tracking server for remote workers (HOST=127.0.0.1 PORT=5001 ALLOWED_HOSTS=... STORE_URI=...)
 	@$(PY) scripts/serve.py server $(ARGS)
 
 notebooks: setup ## Execute the analysis notebooks against your store; HTML in reports/
@@ -57,6 +62,9 @@ lint: setup ## Check that notebooks are stored without outputs
 
 bench: setup ## Engine speed: this MLP vs the notebook's loop vs scikit-learn
 	@$(PY) scripts/bench_engine.py $(ARGS)
+
+bench-launchers: setup ## Server/Ray start-up and one sweep with basic, joblib N=2, Ray
+	@$(PY) scripts/bench_launchers.py $(ARGS)
 
 bench-tracking: setup ## Tracking overhead of the default sweep vs naive per-epoch logging
 	@$(PY) scripts/bench_tracking.py $(ARGS)
