@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
-import logging
 import os
 import signal
 import socket
@@ -131,33 +130,22 @@ def check_store(store_uri: str, artifact_root: str) -> None:
 
 
 def prepare_store(store_uri: str, artifact_root: str) -> None:
-    """Create the tables and the Default experiment with an explicit local artifact location.
+    """Create the store with the project's own code before MLflow's server or UI sees it.
 
-    MLflow's client would give Default `<cwd>/mlruns` and the server `mlflow-artifacts:/0`, so the
-    store is created here first; then the project's `tracking.prepare_store` (when present) runs
-    its own checks on it. Raises ServeError with one line.
+    MLflow would give the Default experiment `<cwd>/mlruns` (client) or `mlflow-artifacts:/0`
+    (server); `store.prepare_store` gives it an explicit local location and copies a migrated
+    schema instead of migrating each new file. Raises ServeError with one line.
     """
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # no migration chatter
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # noqa: PLC0415 - slow import
+    from backprop_lab.store import StoreError  # noqa: PLC0415 - imports mlflow: slow
+    from backprop_lab.store import prepare_store as prepare_tracking_store  # noqa: PLC0415
 
     local = _local_dir_of(artifact_root)
     try:
-        store = SqlAlchemyStore(store_uri, local.as_uri() if local is not None else artifact_root)
-        store.engine.dispose()  # release the SQLite file before the server opens it
-    except Exception as e:  # sqlalchemy / mlflow errors: locked, corrupt, unreachable database
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ServeError(f"store {store_uri} cannot be opened: {first}") from None
-    try:
-        from backprop_lab import tracking  # noqa: PLC0415 - experiment layer, optional
-    except ImportError:
-        return
-    if hasattr(tracking, "prepare_store"):
-        try:
-            tracking.prepare_store(store_uri, str(local) if local is not None else artifact_root)
-        except Exception as e:  # tracking.StoreError is already one line
-            raise ServeError(str(e)) from None
+        prepare_tracking_store(store_uri, str(local) if local is not None else artifact_root)
+    except StoreError as e:
+        raise ServeError(str(e)) from None
 
 
 def store_exists(store_uri: str) -> bool:
