@@ -17,9 +17,6 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export RAY_USAGE_STATS_ENABLED := 0
 export BPL_DISTRIBUTED := $(DISTRIBUTED)
-# The environment may set PYTHONDONTWRITEBYTECODE=1: keep compiled bytecode in the repo's cache
-# so that every new interpreter does not recompile mlflow (10-20 s a call).
-export PYTHONPYCACHEPREFIX := $(CURDIR)/.cache/pycache
 
 .PHONY: help setup test test-distributed train sweep ui server notebooks lint bench bench-tracking bench-launchers reproduce clean
 
@@ -28,7 +25,9 @@ help: ## List the targets
 
 .venv/.synced: pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	@$(UV) sync --locked --all-extras --all-groups --quiet
+	@# --compile-bytecode: the environment may set PYTHONDONTWRITEBYTECODE=1, and every new
+	@# interpreter would then recompile mlflow (10-20 s a command).
+	@$(UV) sync --locked --all-extras --all-groups --compile-bytecode --quiet
 	@touch $@
 
 setup: .venv/.synced ## Create .venv from uv.lock (bootstraps uv with pip when missing)

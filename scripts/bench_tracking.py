@@ -16,6 +16,7 @@ tracking time than naive logging on the subset.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import subprocess
@@ -121,8 +122,9 @@ def main() -> None:
     args = ap.parse_args()
     if not (REPO / "conf" / "sweep" / f"{args.preset}.yaml").is_file():
         sys.exit(f"bench: no sweep preset {args.preset!r} in conf/sweep/")
-    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
-        print("note: PYTHONDONTWRITEBYTECODE is set: the cold interpreter recompiles every import")
+    if os.environ.get("PYTHONDONTWRITEBYTECODE") and not list(Path(importlib.util.find_spec("mlflow").origin).parent.glob("__pycache__/*.pyc")):
+        print("note: PYTHONDONTWRITEBYTECODE is set and mlflow has no compiled byte code: "
+              "the cold interpreter recompiles every import (make setup installs with --compile-bytecode)")
 
     tmp = Path(tempfile.mkdtemp(prefix="bpl-bench-"))
     wall, runs = cold_sweep(tmp, args.preset)

@@ -20,10 +20,7 @@ TRAIN = str(REPO / "scripts" / "train.py")
 def cli_env(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "MLFLOW_TRACKING_URI")}
     env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", RAY_USAGE_STATS_ENABLED="0")
-    # Byte-code cache outside the venv: without it every subprocess recompiles hydra and mlflow.
-    if env.get("PYTHONDONTWRITEBYTECODE"):
-        env.pop("PYTHONDONTWRITEBYTECODE")
-        env["PYTHONPYCACHEPREFIX"] = str(tmp_path_factory.mktemp("pycache"))
+    # Byte code: .venv is installed with `uv sync --compile-bytecode` (see the Makefile).
     return env
 
 
