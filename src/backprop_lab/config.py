@@ -131,13 +131,10 @@ class MomentumConfig(_Section):
     shuffle: bool = True
 
 
-class NesterovConfig(_Section):
+class NesterovConfig(MomentumConfig):
+    """The same hyper-parameters as classical momentum; only the update rule differs."""
+
     name: Literal["nesterov"]
-    lr: PosFloat
-    momentum: Beta = 0.9
-    # None = full batch.
-    batch_size: PosInt | None = None
-    shuffle: bool = True
 
 
 class AdamConfig(_Section):
