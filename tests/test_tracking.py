@@ -213,3 +213,44 @@ def test_parallel_runs_logging_the_same_dataset_do_not_collide(tmp_path):
             inputs = client.get_run(run_id).inputs.dataset_inputs
             assert [d.dataset.name for d in inputs] == ["blobs"]
         assert len({d.dataset.digest for r, _ in results for d in client.get_run(r).inputs.dataset_inputs}) == 1
+
+
+def test_log_history_async_writes_the_same_rows(store):
+    client, _, art = store
+    exp_id = tracking.ensure_experiment(client, "hist-async", art)
+    fast = client.create_run(exp_id).info.run_id
+    slow = client.create_run(exp_id).info.run_id
+    series = [("train/loss", range(0, 500, 2), [1.0 / (i + 1) for i in range(250)]),
+              ("grad_norm/W1", range(250), [1e-3 * i / 7 for i in range(250)])]
+    latest = tracking.log_history_async(client, fast, series, 1234).result()
+    assert sorted((m.key, m.step) for m in latest) == [("grad_norm/W1", 249), ("train/loss", 498)]
+    tracking.log_metrics(client, fast, latest)
+    tracking.log_metrics(client, slow, tracking.metric_batch(series, 1234))
+    for key in ("train/loss", "grad_norm/W1"):
+        a = sorted((m.step, m.value, m.timestamp) for m in client.get_metric_history(fast, key))
+        b = sorted((m.step, m.value, m.timestamp) for m in client.get_metric_history(slow, key))
+        assert a == b and len(a) == 250
+
+
+def test_sqlite_store_runs_in_wal_mode(store):
+    import sqlite3
+
+    client, uri, _ = store
+    db = tracking.sqlite_path(uri)
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    engine = client._tracking_client.store.engine
+    with engine.connect() as conn:  # MLflow's own connections: no fsync per commit
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+
+
+def test_prepare_store_again_after_the_file_was_deleted(tmp_path):
+    uri, art = f"sqlite:///{tmp_path / 'm.db'}", str(tmp_path / "art")
+    first = tracking.prepare_store(uri, art)
+    assert tracking.prepare_store(uri, art) is first  # same file: not checked again
+    first._tracking_client.store.engine.dispose()
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"m.db{suffix}").unlink(missing_ok=True)
+    client = tracking.prepare_store(uri, art)
+    assert (tmp_path / "m.db").is_file()
+    assert tracking.ensure_experiment(client, "again", art)

@@ -7,6 +7,7 @@ store is usable. Every run that started ends FINISHED or FAILED (KILLED on Ctrl-
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import json
 import sys
@@ -218,19 +219,24 @@ def _train_and_log(client, run_id: str, rc: RunConfig, job: JobContext, t0: floa
     model = MLP(rc.model.layer_sizes(dataset.X_train.shape[1]), activation=rc.model.activation)
 
     outcome = compute.compute(rc, dataset, model, compute.progress_for(rc.train.epochs))
-    figures = {
-        "data": _data_png(rc, dataset),
-        "curves": plots.curves_figure(outcome.history),
-        "decision_boundary": plots.decision_boundary_figure(model, outcome.params, dataset),
-    }
-
     now_ms = int(time.time() * 1000)
     steps = outcome.history["epoch"]
     series = [(k, steps, v) for k, v in outcome.history.items() if k != "epoch"]
-    latest = tracking.log_history(client, run_id, series, now_ms, defer_latest=True)
-    with tempfile.TemporaryDirectory(prefix="bpl-art-") as tmp:
-        _write_artifacts(Path(tmp), rc, job, outcome, figures, plots.DPI)
-        tracking.log_artifact_dir(client, run_id, tmp)
+    # The history goes in on a background thread (one SQLite call, GIL released) while this one
+    # renders the figures and copies the artifacts; joined before the run's last writes.
+    pending = tracking.log_history_async(client, run_id, series, now_ms)
+    try:
+        figures = {
+            "data": plots.data_png(dataset),
+            "curves": _png(plots.curves_figure(outcome.history)),
+            "decision_boundary": _png(plots.decision_boundary_figure(model, outcome.params, dataset)),
+        }
+        with tempfile.TemporaryDirectory(prefix="bpl-art-") as tmp:
+            _write_artifacts(Path(tmp), rc, job, outcome, figures)
+            tracking.log_artifact_dir(client, run_id, tmp)
+        latest = pending.result()
+    finally:
+        concurrent.futures.wait([pending])  # never leave it writing after the run ended
 
     # Last call: scalars, wall time so far and the end status, in one batch.
     final = dict(outcome.scalars)
@@ -244,15 +250,20 @@ def _train_and_log(client, run_id: str, rc: RunConfig, job: JobContext, t0: floa
     return outcome.status, final
 
 
+def _png(figure) -> bytes:
+    from backprop_lab import plots
+
+    buf = io.BytesIO()
+    plots.save_figure(figure, buf)
+    return buf.getvalue()
+
+
 def _write_artifacts(folder: Path, rc: RunConfig, job: JobContext, outcome,
-                     figures: dict, dpi: int) -> None:
+                     figures: dict[str, bytes]) -> None:
     (folder / "plots").mkdir()
     (folder / "config").mkdir()
-    for name, fig in figures.items():
-        if isinstance(fig, bytes):
-            (folder / "plots" / f"{name}.png").write_bytes(fig)
-        else:
-            fig.savefig(folder / "plots" / f"{name}.png", dpi=dpi)
+    for name, png in figures.items():
+        (folder / "plots" / f"{name}.png").write_bytes(png)
     (folder / "config" / "config.yaml").write_text(
         yaml.safe_dump(rc.model_dump(mode="json"), sort_keys=False))
     (folder / "config" / "overrides.yaml").write_text(yaml.safe_dump(list(job.overrides)))
@@ -266,18 +277,3 @@ def _write_artifacts(folder: Path, rc: RunConfig, job: JobContext, outcome,
     np.savez(folder / "params.npz", **outcome.params)
     (folder / "gradcheck.json").write_text(json.dumps(outcome.gradcheck, indent=1))
 
-
-_DATA_PNG: dict[str, bytes] = {}
-
-
-def _data_png(rc: RunConfig, dataset) -> bytes:
-    """plots/data.png, rendered once per process per dataset: a sweep's runs share their data."""
-    from backprop_lab import plots
-
-    key = json.dumps([rc.data.model_dump(), rc.seed, rc.train.dtype])
-    if key not in _DATA_PNG:
-        buf = io.BytesIO()
-        plots.data_figure(dataset).savefig(buf, format="png", dpi=plots.DPI)
-        _DATA_PNG.clear()  # keep one: sweeps vary the data rarely, memory stays flat
-        _DATA_PNG[key] = buf.getvalue()
-    return _DATA_PNG[key]

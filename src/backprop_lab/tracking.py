@@ -7,8 +7,10 @@ Imports no layer internals (core modules); see docs/pipeline.md for the why of e
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import itertools
+import json
 import math
 import os
 import platform
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+import sqlalchemy.exc
 
 # store sets the telemetry / HTTP-retry env vars before mlflow is imported.
 from backprop_lab.store import (  # noqa: F401 - re-exported: the tracking API in one place
@@ -165,10 +168,12 @@ def log_history(client: MlflowClient, run_id: str, series, timestamp_ms: int,
     its own last log_batch: one MLflow call fewer per run.
 
     MLflow's log_batch builds an ORM object per value (~0.3 ms each here: 3 s for a 9-series,
-    1000-epoch run). On a SQLite store every row but the newest of each key goes in with one
-    executemany into MLflow's own metrics table (columns checked against MLflow's SqlMetric);
-    the newest rows then go through the public log_batch, which keeps MLflow's latest-metric
-    table right. Other stores, or any surprise in MLflow's internals, use log_batch throughout.
+    1000-epoch run). On a SQLite store every row but the newest of each key goes into MLflow's
+    own metrics table (columns checked against MLflow's SqlMetric) with ONE statement that reads
+    the rows from a JSON array (SQLite's json_each): a single call into SQLite, which releases
+    the GIL for all of it, so `log_history_async` really runs beside the figure rendering. The
+    newest rows then go through the public log_batch, which keeps MLflow's latest-metric table
+    right. Other stores, or any surprise in MLflow's internals, use log_batch throughout.
     """
     table, engine = _sql_metrics_table(client)
     rows, latest = [], []
@@ -180,20 +185,46 @@ def log_history(client: MlflowClient, run_id: str, series, timestamp_ms: int,
         if not steps:
             continue
         latest.append(Metric(key, rounded[-1], timestamp_ms, steps[-1]))  # steps increase
-        rows += zip(itertools.repeat(run_id), itertools.repeat(key), rounded[:-1],
-                    itertools.repeat(timestamp_ms), steps[:-1], itertools.repeat(False))
+        rows += zip(itertools.repeat(key), steps[:-1], rounded[:-1])
     if table is None:
-        log_metrics(client, run_id, [Metric(r[1], r[2], r[3], r[4]) for r in rows])
+        log_metrics(client, run_id, [Metric(k, v, timestamp_ms, st) for k, st, v in rows])
     elif rows:
-        cols = ("run_uuid", "key", "value", "timestamp", "step", "is_nan")
-        assert set(cols) <= set(table.c.keys()), "MLflow's metrics table changed"
-        sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-        with engine.begin() as conn:
-            conn.exec_driver_sql(sql, rows)
+        _insert_metric_rows(table, engine, run_id, timestamp_ms, rows)
     if defer_latest:
         return latest
     log_metrics(client, run_id, latest)
     return []
+
+
+def log_history_async(client: MlflowClient, run_id: str, series,
+                      timestamp_ms: int) -> concurrent.futures.Future:
+    """`log_history(..., defer_latest=True)` on a background thread; `.result()` gives the
+    newest rows (or raises what the thread raised). Join it before the run's next write."""
+    return _history_pool().submit(log_history, client, run_id, series, timestamp_ms, True)
+
+
+@functools.cache
+def _history_pool() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="bpl-history")
+
+
+def _insert_metric_rows(table, engine, run_id: str, timestamp_ms: int, rows: list) -> None:
+    """rows [(key, step, value), ...] into MLflow's metrics table in one transaction."""
+    cols = ("run_uuid", "key", "value", "timestamp", "step", "is_nan")
+    assert set(cols) <= set(table.c.keys()), "MLflow's metrics table changed"
+    into = f"INSERT INTO {table.name} ({', '.join(cols)})"
+    bulk = (f"{into} SELECT ?, json_extract(j.value, '$[0]'), json_extract(j.value, '$[2]'), ?, "
+            "json_extract(j.value, '$[1]'), 0 FROM json_each(?) AS j")
+    blob = json.dumps(rows, allow_nan=False)  # floats as repr: they round-trip exactly
+    with engine.begin() as conn:
+        try:
+            conn.exec_driver_sql(bulk, (run_id, timestamp_ms, blob))
+            return
+        except sqlalchemy.exc.OperationalError as exc:
+            if "json_each" not in str(exc):  # an SQLite built without JSON: the slower way
+                raise
+        conn.exec_driver_sql(f"{into} VALUES (?, ?, ?, ?, ?, 0)",
+                             [(run_id, k, v, timestamp_ms, st) for k, st, v in rows])
 
 
 def _sql_metrics_table(client: MlflowClient):
