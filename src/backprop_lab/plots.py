@@ -77,16 +77,21 @@ def data_figure(dataset) -> Figure:
     return fig
 
 
+def dataset_digest(dataset) -> str:
+    """sha256 of a dataset's name, extent and arrays: the cache key of its pictures."""
+    h = hashlib.sha256(repr((dataset.name, dataset.extent)).encode())
+    for a in (dataset.X_train, dataset.y_train, dataset.X_test, dataset.y_test):
+        h.update(str(a.dtype).encode() + np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
 def data_png(dataset) -> bytes:
     """PNG bytes of :func:`data_figure`, rendered once per distinct dataset in this process.
 
     Every run of a sweep over the same data config logs the same ``plots/data.png``; caching
     it removes one of the three renders from each run (~1/4 .. 1/3 of the plot time).
     """
-    h = hashlib.sha256(repr((dataset.name, dataset.extent)).encode())
-    for a in (dataset.X_train, dataset.y_train, dataset.X_test, dataset.y_test):
-        h.update(np.ascontiguousarray(a).tobytes())
-    key = h.hexdigest()
+    key = dataset_digest(dataset)
     if key not in _DATA_PNG_CACHE:
         if len(_DATA_PNG_CACHE) >= 8:  # a sweep uses a handful of datasets; stay bounded
             _DATA_PNG_CACHE.pop(next(iter(_DATA_PNG_CACHE)))
@@ -126,36 +131,63 @@ def curves_figure(history) -> Figure:
     return fig
 
 
+def boundary_grid(extent, grid):
+    """The lattice of the decision boundary: xx, yy (grid, grid) over ``extent``."""
+    xmin, xmax, ymin, ymax = extent
+    return np.meshgrid(np.linspace(xmin, xmax, grid), np.linspace(ymin, ymax, grid))
+
+
+def boundary_proba(model, params, points, grid) -> np.ndarray:
+    """P(y=1) at ``points`` (grid*grid, 2) -> (grid, grid); NaN where the model diverged."""
+    with np.errstate(all="ignore"):  # a diverged model may give NaN: drawn blank, not raised
+        return np.asarray(model.predict_proba(params, points)).reshape(grid, grid)
+
+
+def boundary_title(dataset, finite: bool, title=None) -> str:
+    if title is None:
+        title = f"{dataset.name}: P(y=1) blue 0 .. red 1, line 0.5"
+    return title if finite else title + " [non-finite output]"
+
+
+def has_boundary(proba) -> bool:
+    """True when the 0.5 line exists: all finite and 0.5 strictly inside the range."""
+    return bool(np.isfinite(proba).all() and proba.min() < 0.5 < proba.max())
+
+
+def boundary_layout(dataset, proba, title):
+    """Figure, axes and image of the decision boundary without its 0.5 line (see below)."""
+    fig = _figure(FIGSIZE)
+    ax = fig.add_axes(MAIN_RECT)
+    image = ax.imshow(proba, extent=dataset.extent, origin="lower", cmap=PROBA_CMAP, vmin=0.0,
+                      vmax=1.0, alpha=0.6, interpolation="nearest", aspect="auto")
+    _scatter_split(ax, dataset)
+    _set_extent(ax, dataset.extent)
+    # No colorbar: it costs a second axes (~1/3 of the render time); the title says what the
+    # shading means and the black line is P = 0.5.
+    ax.set_title(title, fontsize=9)
+    return fig, ax, image
+
+
+def boundary_contour(ax, xx, yy, proba):
+    """The P = 0.5 line (zorder 2: above the image and the points)."""
+    return ax.contour(xx, yy, proba, levels=[0.5], colors="k", linewidths=1.0)
+
+
 def decision_boundary_figure(model, params, dataset, *, grid=200, title=None) -> Figure:
     """P(y=1 | x) over ``dataset.extent`` on a grid x grid lattice, the 0.5 line and the points.
 
     The extent is fixed per dataset (not fitted to the points) so that boundaries of different
     runs line up side by side. model.predict_proba(params, X: (grid*grid, 2)) -> (grid*grid,).
+    ``render.decision_boundary_png`` draws the same picture faster from a cached figure.
     """
-    xmin, xmax, ymin, ymax = dataset.extent
-    xs = np.linspace(xmin, xmax, grid)
-    ys = np.linspace(ymin, ymax, grid)
-    xx, yy = np.meshgrid(xs, ys)  # (grid, grid) each
-    grid_points = np.column_stack([xx.ravel(), yy.ravel()]).astype(
+    xx, yy = boundary_grid(dataset.extent, grid)
+    points = np.column_stack([xx.ravel(), yy.ravel()]).astype(
         next(iter(params.values())).dtype)  # (grid*grid, 2)
-    with np.errstate(all="ignore"):  # a diverged model may give NaN: drawn blank, not raised
-        proba = np.asarray(model.predict_proba(params, grid_points)).reshape(grid, grid)
-    fig = _figure(FIGSIZE)
-    ax = fig.add_axes(MAIN_RECT)
-    ax.imshow(proba, extent=(xmin, xmax, ymin, ymax), origin="lower", cmap=PROBA_CMAP,
-                   vmin=0.0, vmax=1.0, alpha=0.6, interpolation="nearest", aspect="auto")
-    finite = np.isfinite(proba)
-    if finite.all() and proba.min() < 0.5 < proba.max():
-        ax.contour(xx, yy, proba, levels=[0.5], colors="k", linewidths=1.0)
-    _scatter_split(ax, dataset)
-    _set_extent(ax, dataset.extent)
-    # No colorbar: it costs a second axes (~1/3 of the render time); the title says what the
-    # shading means and the black line is P = 0.5.
-    if title is None:
-        title = f"{dataset.name}: P(y=1) blue 0 .. red 1, line 0.5"
-    if not finite.all():
-        title += " [non-finite output]"
-    ax.set_title(title, fontsize=9)
+    proba = boundary_proba(model, params, points, grid)
+    title = boundary_title(dataset, bool(np.isfinite(proba).all()), title)
+    fig, ax, _ = boundary_layout(dataset, proba, title)
+    if has_boundary(proba):
+        boundary_contour(ax, xx, yy, proba)
     return fig
 
 
