@@ -123,7 +123,7 @@ def run(cfg: Any, job: JobContext | None = None, *, out=None) -> RunSummary:
     mlflow_run = client.create_run(experiment_id, tags=tags, run_name=name)
     run_id = mlflow_run.info.run_id
     try:
-        result = _train_and_log(client, run_id, rc, job, t0)
+        result = _train_and_log(client, mlflow_run.info, rc, job, t0)
     except KeyboardInterrupt:
         _end_failed(client, run_id, status="KILLED")
         raise
@@ -204,12 +204,13 @@ def run_name(overrides, swept=None) -> str:
 # --------------------------------------------------------------------------- the run's body
 
 
-def _train_and_log(client, run_id: str, rc: RunConfig, job: JobContext, t0: float):
+def _train_and_log(client, info, rc: RunConfig, job: JobContext, t0: float):
     from backprop_lab import compute, plots, tracking
     from backprop_lab.data import load_dataset
     from backprop_lab.mlp import MLP
     from backprop_lab.rng import make_rng
 
+    run_id = info.run_id
     tracking.log_params(client, run_id, flatten(rc))
     dataset = load_dataset(rc.data.name, rng=make_rng(rc.seed, "data"), dtype=rc.train.dtype,
                            n_samples=rc.data.n_samples, noise=rc.data.noise,
@@ -233,7 +234,7 @@ def _train_and_log(client, run_id: str, rc: RunConfig, job: JobContext, t0: floa
         }
         with tempfile.TemporaryDirectory(prefix="bpl-art-") as tmp:
             _write_artifacts(Path(tmp), rc, job, outcome, figures)
-            tracking.log_artifact_dir(client, run_id, tmp)
+            tracking.log_artifact_dir(client, run_id, tmp, info.artifact_uri)
         latest = pending.result()
     finally:
         concurrent.futures.wait([pending])  # never leave it writing after the run ended

@@ -82,7 +82,7 @@ def prepare_store(uri: str, artifact_root: str | None = None) -> MlflowClient:
     db = sqlite_path(uri)
     memo_key = (uri, artifact_root)
     known = _PREPARED.get(memo_key) if db is not None else None
-    if known is not None and known[0] == _file_id(db):
+    if known is not None and known[0] == file_id(db):
         return known[1]
     if db is not None:
         _sqlite_sync_normal()
@@ -104,8 +104,8 @@ def prepare_store(uri: str, artifact_root: str | None = None) -> MlflowClient:
         raise StoreError(f"tracking store {uri} cannot be opened: {_first_line(exc)}") from None
     except Exception as exc:  # sqlite/sqlalchemy errors (locked, corrupt, read-only file)
         raise StoreError(f"tracking store {uri} cannot be opened: {_first_line(exc)}") from None
-    if db is not None and _file_id(db) is not None:
-        _PREPARED[memo_key] = (_file_id(db), client)
+    if db is not None and file_id(db) is not None:
+        _PREPARED[memo_key] = (file_id(db), client)
     return client
 
 
@@ -114,7 +114,7 @@ def prepare_store(uri: str, artifact_root: str | None = None) -> MlflowClient:
 _PREPARED: dict[tuple[str, str | None], tuple[tuple[int, int], MlflowClient]] = {}
 
 
-def _file_id(path: Path) -> tuple[int, int] | None:
+def file_id(path: Path) -> tuple[int, int] | None:
     try:
         st = path.stat()
     except OSError:

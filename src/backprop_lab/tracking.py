@@ -25,7 +25,8 @@ import sqlalchemy.exc
 
 # store sets the telemetry / HTTP-retry env vars before mlflow is imported.
 from backprop_lab.store import (  # noqa: F401 - re-exported: the tracking API in one place
-    HEALTH_TIMEOUT_S, StoreError, check_server, prepare_store, repo_root, resolve_tracking, sqlite_path,
+    HEALTH_TIMEOUT_S, StoreError, check_server, file_id, prepare_store, repo_root, resolve_tracking,
+    sqlite_path,
 )
 
 import mlflow  # noqa: E402
@@ -52,8 +53,23 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | None
 
     With SQLite, artifact_root is a folder: the location is a file URI under it (otherwise a
     client drops artifacts under its cwd). With a server (artifact_root None) the server decides.
-    Safe when several processes create the same experiment at once.
+    Safe when several processes create the same experiment at once. On a SQLite store the id
+    is remembered per process (every job of a sweep asks), for as long as the file is the same.
     """
+    db = sqlite_path(str(client.tracking_uri))
+    memo_key = (str(client.tracking_uri), file_id(db), name, artifact_root) if db else None
+    if memo_key in _EXPERIMENT_IDS:
+        return _EXPERIMENT_IDS[memo_key]
+    experiment_id = _ensure_experiment(client, name, artifact_root)
+    if memo_key is not None and memo_key[1] is not None:
+        _EXPERIMENT_IDS[memo_key] = experiment_id
+    return experiment_id
+
+
+_EXPERIMENT_IDS: dict[tuple, str] = {}
+
+
+def _ensure_experiment(client: MlflowClient, name: str, artifact_root: str | None) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None:
         location = experiment_artifact_location(artifact_root, name) if artifact_root else None
@@ -298,7 +314,15 @@ def environment_tags() -> dict[str, str]:
     return tags
 
 
-def log_artifact_dir(client: MlflowClient, run_id: str, folder: str | Path) -> None:
-    """Upload everything under folder in ONE call (keeps its sub-folders: plots/, config/)."""
-    client.log_artifacts(run_id, str(folder))
+def log_artifact_dir(client: MlflowClient, run_id: str, folder: str | Path,
+                     artifact_uri: str | None = None) -> None:
+    """Upload everything under folder in ONE call (keeps its sub-folders: plots/, config/).
 
+    artifact_uri: the run's (from create_run); saves MLflow the get_run it does to find it.
+    """
+    if artifact_uri is None:
+        client.log_artifacts(run_id, str(folder))
+        return
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    get_artifact_repository(artifact_uri, tracking_uri=client.tracking_uri).log_artifacts(str(folder))
