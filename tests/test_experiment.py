@@ -160,13 +160,14 @@ def test_multirun_child_is_linked_to_parent_of_its_sweep_dir(make_cfg, tmp_path)
 
 
 def test_crash_after_start_ends_run_failed_with_traceback(make_cfg, tmp_path, monkeypatch):
-    # Fault injection (the store, MLflow and the run are real): the curves figure raises.
-    from backprop_lab import plots
+    # Fault injection (the store, MLflow and the run are real): the curves figure raises while
+    # the history is being written on the background thread.
+    from backprop_lab import render
 
     def broken(history):
         raise RuntimeError("figure exploded")
 
-    monkeypatch.setattr(plots, "curves_figure", broken)
+    monkeypatch.setattr(render, "curves_png", broken)
     summary = experiment.run(make_cfg(), JobContext(mode="multirun", sweep_dir=str(tmp_path)))
     assert summary.status == "failed" and "figure exploded" in summary.error
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

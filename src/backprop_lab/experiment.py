@@ -205,7 +205,7 @@ def run_name(overrides, swept=None) -> str:
 
 
 def _train_and_log(client, info, rc: RunConfig, job: JobContext, t0: float):
-    from backprop_lab import compute, plots, tracking
+    from backprop_lab import compute, plots, render, tracking
     from backprop_lab.data import load_dataset
     from backprop_lab.mlp import MLP
     from backprop_lab.rng import make_rng
@@ -227,10 +227,10 @@ def _train_and_log(client, info, rc: RunConfig, job: JobContext, t0: float):
     # renders the figures and copies the artifacts; joined before the run's last writes.
     pending = tracking.log_history_async(client, run_id, series, now_ms)
     try:
-        figures = {
+        figures = {  # PNG bytes; render.py reuses one figure per layout (same pictures as plots.py)
             "data": plots.data_png(dataset),
-            "curves": _png(plots.curves_figure(outcome.history)),
-            "decision_boundary": _png(plots.decision_boundary_figure(model, outcome.params, dataset)),
+            "curves": render.curves_png(outcome.history),
+            "decision_boundary": render.decision_boundary_png(model, outcome.params, dataset),
         }
         with tempfile.TemporaryDirectory(prefix="bpl-art-") as tmp:
             _write_artifacts(Path(tmp), rc, job, outcome, figures)
@@ -249,14 +249,6 @@ def _train_and_log(client, info, rc: RunConfig, job: JobContext, t0: float):
     tracking.log_metrics(client, run_id, metrics, tags=end_tags)
     client.set_terminated(run_id, "FINISHED")
     return outcome.status, final
-
-
-def _png(figure) -> bytes:
-    from backprop_lab import plots
-
-    buf = io.BytesIO()
-    plots.save_figure(figure, buf)
-    return buf.getvalue()
 
 
 def _write_artifacts(folder: Path, rc: RunConfig, job: JobContext, outcome,
