@@ -3,7 +3,8 @@
 import subprocess
 import sys
 
-CORE = ["rng", "layers", "losses", "initializers", "mlp", "optim", "data", "train", "gradcheck", "plots"]
+CORE = ["rng", "layers", "losses", "initializers", "mlp", "optim", "data", "train", "gradcheck", "plots",
+        "render"]
 FORBIDDEN = ["hydra", "omegaconf", "mlflow", "pandas"]
 
 

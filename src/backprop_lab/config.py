@@ -24,7 +24,7 @@ DTYPES = ("float32", "float64")
 GRADCHECK_MODES = ("auto", "full", "directional")
 
 # Keys that do not change what a run computes: excluded from the config key.
-NON_SEMANTIC_KEYS = ("tracking", "force", "experiment_name", "sweep")
+NON_SEMANTIC_KEYS = ("tracking", "force", "experiment_name", "sweep", "blas_threads")
 
 
 class UserError(Exception):
@@ -189,6 +189,10 @@ class RunConfig(_Section):
     experiment_name: Annotated[str, Field(min_length=1)] = "backprop-lab/train"
     seed: Annotated[int, Field(ge=0)] = 0
     force: bool = False
+    # BLAS threads a run may use (None: the library's default). Sweeps run many small jobs:
+    # one thread each is fastest (extra OpenBLAS threads spin and steal the core) and JOBS=N
+    # spreads jobs over cores instead. Not part of a run's identity.
+    blas_threads: Annotated[int, Field(ge=1)] | None = 1
     data: DataConfig
     model: ModelConfig
     init: InitConfig

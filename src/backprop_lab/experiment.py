@@ -8,6 +8,7 @@ store is usable. Every run that started ends FINISHED or FAILED (KILLED on Ctrl-
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import io
 import json
 import sys
@@ -123,7 +124,8 @@ def run(cfg: Any, job: JobContext | None = None, *, out=None) -> RunSummary:
     mlflow_run = client.create_run(experiment_id, tags=tags, run_name=name)
     run_id = mlflow_run.info.run_id
     try:
-        result = _train_and_log(client, mlflow_run.info, rc, job, t0)
+        with _blas_threads(rc.blas_threads):
+            result = _train_and_log(client, mlflow_run.info, rc, job, t0)
     except KeyboardInterrupt:
         _end_failed(client, run_id, status="KILLED")
         raise
@@ -139,6 +141,15 @@ def run(cfg: Any, job: JobContext | None = None, *, out=None) -> RunSummary:
                                      metrics.get("gradcheck/init/max_rel_err")),
                          time.perf_counter() - t0, overrides=job.overrides, metrics=metrics)
     return _report(summary, out)
+
+
+def _blas_threads(n: int | None):
+    """Limit the BLAS thread pool for the run (threadpoolctl; restored afterwards)."""
+    if n is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=n, user_api="blas")
 
 
 def _report(summary: RunSummary, out) -> RunSummary:
