@@ -3,7 +3,8 @@
 It runs in the driver process only: `on_multirun_start` before the sweeper launches any job,
 `on_multirun_end` after the last one returned. Jobs (experiment.run) find their parent through
 the tag `bpl.sweep_dir` and skip configs already FINISHED in the experiment; this module prepares
-the store, the experiment and the parent, and reads the children back (sweep_report).
+the store, the experiment and the parent, and reads the children back (sweep_report). The jobs
+are expanded, composed and validated by sweep_jobs.
 
 Hydra's `Callbacks` turns an `Exception` raised by a callback into a warning, so errors leave
 through `SystemExit`: one line on stderr, exit code 2 for a bad sweep, 1 when jobs failed.
@@ -12,34 +13,24 @@ through `SystemExit`: one line on stderr, exit code 2 for a bad sweep, 1 when jo
 from __future__ import annotations
 
 import atexit
-import copy
-import hashlib
-import json
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig
 
-from backprop_lab import config as bpl_config
 from backprop_lab import sweep_report as report
 from backprop_lab import tracking  # before mlflow: it turns telemetry off
+from backprop_lab.sweep_jobs import SweepError, compose_jobs, expand_jobs, sweep_key
+from backprop_lab.sweep_jobs import one_line as _one_line
 from backprop_lab.sweep_report import Job
 from mlflow.entities import Metric, RunTag, ViewType  # noqa: E402
 
+__all__ = ["SweepCallback", "SweepError", "compose_jobs", "expand_jobs", "sweep_key"]
+
 SWEEP_KEY_TAG = "bpl.sweep_key"
-# Override keys that change how a sweep runs, not what it computes: not part of its identity.
-_NOT_IDENTITY = ("force=", "tracking.", "hydra.")
-
-
-class SweepError(Exception):
-    """A problem the user can fix; printed as one line before the sweep exits."""
 
 
 @dataclass
@@ -94,69 +85,6 @@ class SweepCallback(Callback):
             print(f"sweep: {len(failed)} job(s) failed: {shown} "
                   "(traceback: artifact error/traceback.txt of each run)", file=sys.stderr, flush=True)
             raise SystemExit(1)
-
-
-# --------------------------------------------------------------------------- jobs
-
-
-def expand_jobs(config: DictConfig) -> list[list[str]]:
-    """The job overrides exactly as Hydra's BasicSweeper builds them: hydra.sweeper.params, then
-    the command line's task overrides (a later key wins), crossed in key order."""
-    sweeper = config.hydra.sweeper
-    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
-        raise SweepError(f"hydra.sweeper={sweeper._target_}: only Hydra's basic sweeper is supported")
-    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-    arguments = params + list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
-    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
-    try:
-        batches = BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)
-    except Exception as exc:  # noqa: BLE001 - Hydra's parser errors span several lines
-        raise SweepError(f"overrides: {_one_line(exc)}") from None
-    return [list(job) for batch in batches for job in batch]
-
-
-def compose_jobs(config: DictConfig, job_overrides: list[list[str]]) -> list[Job]:
-    """Compose every job's config as the launchers will (same loader, same resolver cache) and
-    validate it; the first bad job raises SweepError naming the job and the key."""
-    loader = GlobalHydra.instance().config_loader()
-    hydra_config = HydraConfig.instance()
-    previous = hydra_config.cfg
-    jobs = []
-    try:
-        for index, overrides in enumerate(job_overrides):
-            try:
-                job_cfg = loader.load_sweep_config(config, list(overrides))
-                with open_dict(job_cfg):  # what the launchers set before run_job
-                    job_cfg.hydra.job.num = index
-                    job_cfg.hydra.job.id = f"{job_cfg.hydra.job.name}_{index}"
-                hydra_config.set_config(job_cfg)  # ${hydra:...} resolves as inside the job
-                task_cfg = copy.deepcopy(job_cfg)  # what the task function gets: no hydra node
-                with read_write(task_cfg), open_dict(task_cfg):
-                    del task_cfg["hydra"]
-                run_config = bpl_config.validate(task_cfg)
-            except Exception as exc:  # noqa: BLE001 - ConfigError, or Hydra's composition errors
-                where = " ".join(o for o in report.task_overrides(overrides)
-                                 if not o.lstrip("+~").startswith(_NOT_IDENTITY)) or "defaults"
-                raise SweepError(f"job {index} ({where}): {_one_line(exc)}") from None
-            jobs.append(Job(list(overrides), run_config, bpl_config.config_key(run_config)))
-    finally:
-        hydra_config.cfg = previous
-    return jobs
-
-
-def sweep_key(preset: str, jobs: list[Job]) -> str:
-    """sha256 of the sweep's definition: preset, each job's overrides and config key (sorted)."""
-    definition = sorted(
-        (sorted(o for o in job.overrides if not o.lstrip("+~").startswith(_NOT_IDENTITY)),
-         job.config_key)
-        for job in jobs
-    )
-    blob = json.dumps({"preset": preset, "jobs": definition}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 # --------------------------------------------------------------------------- start
