@@ -1,0 +1,155 @@
+"""Fast up-front composition of a sweep's jobs (sweep_jobs) and the sweeper that trusts it.
+
+Every job composed the short way (one Hydra composition per set of config-group choices, plain
+overrides applied to a copy) must equal the job composed in full, exactly as the launcher will:
+same config (hydra node included), same validated RunConfig, same config key, same errors.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from backprop_lab import config as bpl_config
+from backprop_lab import sweep_jobs
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+PRESETS = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
+
+
+@pytest.fixture()
+def hydra_conf():
+    """A Hydra context on conf/: compose(*overrides) -> the driver's config of `--multirun ...`."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        hydra = GlobalHydra.instance().hydra
+
+        def compose(*overrides: str) -> DictConfig:
+            return hydra.compose_config("config", overrides=list(overrides), run_mode=RunMode.MULTIRUN)
+
+        yield compose
+
+
+def task_config(job_cfg: DictConfig) -> dict:
+    task = job_cfg.copy()
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return OmegaConf.to_container(task, resolve=True)
+
+
+def assert_fast_equals_full(cfg: DictConfig) -> sweep_jobs.JobComposer:
+    job_overrides = sweep_jobs.expand_jobs(cfg)
+    loader = GlobalHydra.instance().config_loader()
+    composer = sweep_jobs.JobComposer(cfg)
+    jobs = sweep_jobs.compose_jobs(cfg, job_overrides)
+    assert len(jobs) == len(job_overrides) > 1
+    for job, overrides in zip(jobs, job_overrides):
+        fast = composer.compose(list(overrides))
+        full = loader.load_sweep_config(cfg, list(overrides))
+        assert OmegaConf.to_container(fast) == OmegaConf.to_container(full), overrides
+        assert OmegaConf.is_struct(fast) and not OmegaConf.is_readonly(fast.hydra)
+        assert task_config(fast) == task_config(full), overrides
+        run_config = bpl_config.validate(task_config(full))
+        assert job.run_config == run_config, overrides
+        assert job.config_key == bpl_config.config_key(run_config), overrides
+        assert sweep_jobs.was_validated(cfg, list(overrides))
+    return composer
+
+
+# --------------------------------------------------------------------------- same configs
+
+
+@pytest.mark.parametrize("preset", [pytest.param("default", marks=pytest.mark.slow),
+                                    *(p for p in PRESETS if p != "default")])
+def test_every_preset_composes_the_same_configs_the_short_way(hydra_conf, preset):
+    cfg = hydra_conf(f"+sweep={preset}")
+    composer = assert_fast_equals_full(cfg)
+    # One full composition per distinct config-group choice of the preset, not one per job.
+    groups = {"default": 3, "seeds": 1, "datasets": 5, "optimizers": 5, "deep_init": 4}
+    assert len(composer.bases) == groups[preset]
+
+
+@pytest.mark.parametrize("overrides, n_bases", [
+    (("+sweep=seeds", "seed=0,1", "optim.lr=0.1,0.5"), 1),           # an extra value sweep
+    (("init=he,xavier", "model.width=7", "optim.lr=0.1,0.2"), 2),    # group sweep + value override
+    (("+sweep=seeds", "+sweep.note=hello", "+init.std=0.05", "model.width=2", "seed=0,1"), 1),  # adds
+    (("+sweep={note: 1}", "seed=1,2"), 0),                             # a dict: composed in full
+    (("~gradcheck.h", "~train.log_every", "seed=1,2"), 1),              # deletions
+    (("hydra.job.config.override_dirname.kv_sep=_", "hydra.job.chdir=false", "seed=3,4"), 1),
+    (("optim=adam,sgd", "optim.lr=${seed}", "model.hidden_sizes=[8,4]", "seed=1"), 2),
+])
+def test_command_line_cases_compose_the_same_configs(hydra_conf, overrides, n_bases):
+    composer = assert_fast_equals_full(hydra_conf(*overrides))
+    assert len(composer.bases) == n_bases
+
+
+@pytest.mark.parametrize("overrides", [
+    ["optim.lrr=0.1"],            # misspelt key
+    ["+optim.lr=0.1"],            # add over an existing key
+    ["~optim.nope"],              # delete a missing key
+    ["init=nope"],                # unknown group option
+    ["foo@bar=1"],                # a package on a non-group
+    ["model.width=[1,2"],         # unparsable
+])
+def test_errors_are_hydras_own(hydra_conf, overrides):
+    cfg = hydra_conf("seed=1")
+    loader = GlobalHydra.instance().config_loader()
+    with pytest.raises(Exception) as full:
+        loader.load_sweep_config(cfg, overrides)
+    with pytest.raises(Exception) as fast:
+        sweep_jobs.JobComposer(cfg).compose(overrides)
+    assert type(fast.value) is type(full.value) and str(fast.value) == str(full.value)
+    assert not sweep_jobs.was_validated(cfg, overrides)
+
+
+def test_bad_job_after_good_ones_fails_up_front_with_one_line(hydra_conf):
+    cfg = hydra_conf("init=he,nope", "optim.lr=0.1,0.2")
+    with pytest.raises(sweep_jobs.SweepError) as info:
+        sweep_jobs.compose_jobs(cfg, sweep_jobs.expand_jobs(cfg))
+    message = str(info.value)
+    assert message.startswith("job 2 (init=nope optim.lr=0.1): ") and "nope" in message
+    assert "\n" not in message
+
+
+# --------------------------------------------------------------------------- the sweeper
+
+
+def test_the_sweeper_is_discovered_and_skips_only_validated_jobs(hydra_conf):
+    from hydra.core.plugins import Plugins
+
+    name = "hydra_plugins.backprop_lab_sweeper.BackpropLabSweeper"
+    cfg = hydra_conf("seed=1,2")
+    assert cfg.hydra.sweeper._target_ == name
+    assert name in Plugins.instance().class_name_to_class  # found through src/ on sys.path
+    sweeper = Plugins.instance().class_name_to_class[name](max_batch_size=None)
+    sweeper.config = cfg
+    jobs = sweep_jobs.expand_jobs(cfg)
+    sweep_jobs.compose_jobs(cfg, jobs)
+    # No loader at all: any composition would fail, so the validated jobs were not composed.
+    sweeper.validate_batch_is_legal(jobs)
+    with pytest.raises(AttributeError):
+        sweeper.validate_batch_is_legal([*jobs, ["seed=3"]])
+
+
+@pytest.mark.slow
+def test_without_the_callback_hydra_still_validates_every_job_first(tmp_path):
+    """The fallback: no SweepCallback, so the sweeper must compose the jobs itself; job 1 is bad,
+    so nothing may run (job 0 would have a directory had the launcher started)."""
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--multirun", "~hydra.callbacks.sweep",
+           "init=he,nope", "train.epochs=2", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}",
+           f"tracking.artifact_root={tmp_path / 'art'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    env = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "RAY_USAGE_STATS_ENABLED": "0",
+           "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "nope" in result.stderr and "sweep:" not in result.stderr
+    assert (tmp_path / "sweep" / "multirun.yaml").exists()  # the sweeper started...
+    assert not (tmp_path / "sweep" / "0").exists()          # ...and stopped before job 0
+    assert not (tmp_path / "m.db").exists()
