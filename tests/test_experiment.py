@@ -192,3 +192,17 @@ def test_multirun_names_only_the_swept_keys():
     overrides = ("train.epochs=5", "optim.lr=0.3", "model.width=8", "experiment_name=x", "init=he")
     assert experiment.run_name(overrides, swept=("optim.lr", "model.width")) == "lr=0.3 width=8"
     assert experiment.run_name(overrides) == "lr=0.3 width=8 init=he epochs=5"
+
+
+def test_blas_threads_limit_the_run_and_are_not_part_of_its_identity(make_cfg):
+    from threadpoolctl import threadpool_info
+
+    from backprop_lab.config import config_key, validate
+
+    before = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    with experiment._blas_threads(1):
+        assert {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"} == {1}
+    assert [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"] == before
+    one, default = validate(make_cfg("blas_threads=1")), validate(make_cfg("blas_threads=null"))
+    assert (one.blas_threads, default.blas_threads) == (1, None)
+    assert config_key(one) == config_key(default)
