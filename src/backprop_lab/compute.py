@@ -34,10 +34,12 @@ class Outcome:
     gradcheck: dict[str, Any]  # gradcheck.json
 
 
-def compute(rc: RunConfig, dataset, model, progress=None) -> Outcome:
+def compute(rc: RunConfig, dataset, model, progress=None, on_trained=None) -> Outcome:
     """Gradient check at init, training, gradient check of the trained params.
 
     dataset: data.Dataset (X_train: (N, 2), ...); model: mlp.MLP; progress: a train callback.
+    on_trained(history): called as soon as training ends, before the second gradient check
+    (experiment.run starts writing the history then, on another thread).
     """
     dtype = np.dtype(rc.train.dtype)
     params = model.init_params(rc.init.name, make_rng(rc.seed, "init"), dtype=dtype, std=rc.init.std)
@@ -51,6 +53,8 @@ def compute(rc: RunConfig, dataset, model, progress=None) -> Outcome:
                    rng=make_rng(rc.seed, "shuffle"), log_every=rc.train.log_every, callback=progress)
     if progress is not None:
         progress.close()
+    if on_trained is not None:
+        on_trained(result.history)
     gc_s += _gradcheck(rc, model, result.params, dataset, gc_rng, "trained", reports, scalars)
 
     scalars.update({k: float(v) for k, v in result.final.items()})

@@ -230,14 +230,18 @@ def _train_and_log(client, info, rc: RunConfig, job: JobContext, t0: float):
                          name=f"{rc.data.name}-train", context="train")
     model = MLP(rc.model.layer_sizes(dataset.X_train.shape[1]), activation=rc.model.activation)
 
-    outcome = compute.compute(rc, dataset, model, compute.progress_for(rc.train.epochs))
     now_ms = int(time.time() * 1000)
-    steps = outcome.history["epoch"]
-    series = [(k, steps, v) for k, v in outcome.history.items() if k != "epoch"]
-    # The history goes in on a background thread (one SQLite call, GIL released) while this one
-    # renders the figures and copies the artifacts; joined before the run's last writes.
-    pending = tracking.log_history_async(client, run_id, series, now_ms)
+    pending = []
+
+    def write_history(history) -> None:
+        # Written on a background thread (one SQLite call, GIL released) while this thread runs
+        # the second gradient check and renders the figures; joined before the run's last writes.
+        series = [(k, history["epoch"], v) for k, v in history.items() if k != "epoch"]
+        pending.append(tracking.log_history_async(client, run_id, series, now_ms))
+
     try:
+        outcome = compute.compute(rc, dataset, model, compute.progress_for(rc.train.epochs),
+                                  on_trained=write_history)
         figures = {  # PNG bytes; render.py reuses one figure per layout (same pictures as plots.py)
             "data": plots.data_png(dataset),
             "curves": render.curves_png(outcome.history),
@@ -246,9 +250,9 @@ def _train_and_log(client, info, rc: RunConfig, job: JobContext, t0: float):
         with tempfile.TemporaryDirectory(prefix="bpl-art-") as tmp:
             _write_artifacts(Path(tmp), rc, job, outcome, figures)
             tracking.log_artifact_dir(client, run_id, tmp, info.artifact_uri)
-        latest = pending.result()
+        latest = pending[0].result()
     finally:
-        concurrent.futures.wait([pending])  # never leave it writing after the run ended
+        concurrent.futures.wait(pending)  # never leave it writing after the run ended
 
     # Last call: scalars, wall time so far and the end status, in one batch.
     final = dict(outcome.scalars)

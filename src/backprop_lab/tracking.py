@@ -187,9 +187,24 @@ def log_history(client: MlflowClient, run_id: str, series, timestamp_ms: int,
     1000-epoch run). On a SQLite store every row but the newest of each key goes into MLflow's
     own metrics table (columns checked against MLflow's SqlMetric) with ONE statement that reads
     the rows from a JSON array (SQLite's json_each): a single call into SQLite, which releases
-    the GIL for all of it, so `log_history_async` really runs beside the figure rendering. The
+    the GIL for all of it, so `log_history_async` really runs beside the caller's work. The
     newest rows then go through the public log_batch, which keeps MLflow's latest-metric table
     right. Other stores, or any surprise in MLflow's internals, use log_batch throughout.
+    """
+    latest = log_history_async(client, run_id, series, timestamp_ms).result()
+    if defer_latest:
+        return latest
+    log_metrics(client, run_id, latest)
+    return []
+
+
+def log_history_async(client: MlflowClient, run_id: str, series,
+                      timestamp_ms: int) -> concurrent.futures.Future:
+    """`log_history(..., defer_latest=True)`, its write on a background thread.
+
+    The rows are rounded and encoded here, in the caller's thread (Python work that would hold
+    the GIL anyway); only the write goes to the thread. `.result()` gives the newest rows (or
+    raises what the write raised). Join it before the run's next write.
     """
     table, engine = _sql_metrics_table(client)
     rows, latest = [], []
@@ -203,20 +218,18 @@ def log_history(client: MlflowClient, run_id: str, series, timestamp_ms: int,
         latest.append(Metric(key, rounded[-1], timestamp_ms, steps[-1]))  # steps increase
         rows += zip(itertools.repeat(key), steps[:-1], rounded[:-1])
     if table is None:
-        log_metrics(client, run_id, [Metric(k, v, timestamp_ms, st) for k, st, v in rows])
-    elif rows:
-        _insert_metric_rows(table, engine, run_id, timestamp_ms, rows)
-    if defer_latest:
-        return latest
-    log_metrics(client, run_id, latest)
-    return []
+        metrics = [Metric(k, v, timestamp_ms, st) for k, st, v in rows]
+        write, args = log_metrics, (client, run_id, metrics)
+    else:
+        blob = json.dumps(rows, allow_nan=False)  # floats as repr: they round-trip exactly
+        write, args = _insert_metric_rows, (table, engine, run_id, timestamp_ms, rows, blob)
+    return _history_pool().submit(_write_then, write, args if rows else None, latest)
 
 
-def log_history_async(client: MlflowClient, run_id: str, series,
-                      timestamp_ms: int) -> concurrent.futures.Future:
-    """`log_history(..., defer_latest=True)` on a background thread; `.result()` gives the
-    newest rows (or raises what the thread raised). Join it before the run's next write."""
-    return _history_pool().submit(log_history, client, run_id, series, timestamp_ms, True)
+def _write_then(write, args, result):
+    if args is not None:
+        write(*args)
+    return result
 
 
 @functools.cache
@@ -224,14 +237,14 @@ def _history_pool() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="bpl-history")
 
 
-def _insert_metric_rows(table, engine, run_id: str, timestamp_ms: int, rows: list) -> None:
-    """rows [(key, step, value), ...] into MLflow's metrics table in one transaction."""
+def _insert_metric_rows(table, engine, run_id: str, timestamp_ms: int, rows: list, blob: str) -> None:
+    """rows [(key, step, value), ...] (and the same as JSON, `blob`) into MLflow's metrics
+    table in one transaction."""
     cols = ("run_uuid", "key", "value", "timestamp", "step", "is_nan")
     assert set(cols) <= set(table.c.keys()), "MLflow's metrics table changed"
     into = f"INSERT INTO {table.name} ({', '.join(cols)})"
     bulk = (f"{into} SELECT ?, json_extract(j.value, '$[0]'), json_extract(j.value, '$[2]'), ?, "
             "json_extract(j.value, '$[1]'), 0 FROM json_each(?) AS j")
-    blob = json.dumps(rows, allow_nan=False)  # floats as repr: they round-trip exactly
     with engine.begin() as conn:
         try:
             conn.exec_driver_sql(bulk, (run_id, timestamp_ms, blob))
