@@ -18,7 +18,7 @@ export DO_NOT_TRACK := true
 export RAY_USAGE_STATS_ENABLED := 0
 export BPL_DISTRIBUTED := $(DISTRIBUTED)
 
-.PHONY: help setup test test-distributed train sweep ui server notebooks lint bench bench-tracking bench-launchers reproduce clean
+.PHONY: help setup test test-distributed train sweep ui server notebooks lint bench bench-tracking bench-plots bench-launchers reproduce clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ bench-launchers: setup ## Server/Ray start-up and one sweep with basic, joblib N
 
 bench-tracking: setup ## Tracking overhead of the default sweep vs naive per-epoch logging
 	@$(PY) scripts/bench_tracking.py $(ARGS)
+
+bench-plots: setup ## Per-run figures: plain matplotlib vs the cached-figure renderer
+	@$(PY) scripts/bench_plots.py --blas-threads 1 $(ARGS)
 
 reproduce: setup ## Re-run a logged run from its stored config: make reproduce RUN_ID=...
 	@$(PY) scripts/reproduce.py $(RUN_ID) $(ARGS)
