@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from analysis_store import DEEP_GRID, DEFAULT_EPOCHS, DEFAULT_GRID, grid_size, tiny_store
+from analysis_store import DEEP_GRID, DEFAULT_EPOCHS, DEFAULT_GRID, DIVERGING_LR, grid_size, tiny_store
 from mlflow import MlflowClient
 
 from backprop_lab import analysis
@@ -20,7 +20,10 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def runs(store):
-    """The latest default sweep: 7 runs of its own and 1 reused from the one-job sweep before it."""
+    """The latest default sweep: 15 runs of its own and 1 reused from the one-job sweep before it.
+
+    Every run at lr=DIVERGING_LR diverged (a real overflow); every other one finished.
+    """
     return analysis.load_runs(store.uri, parent_run_id=analysis.latest_sweep(store.uri, DEFAULT))
 
 
@@ -56,13 +59,19 @@ def test_unknown_experiment_names_the_preset_command(tmp_path):
 
 
 def test_aggregate_seeds_math_on_a_hand_made_frame():
-    frame = pd.DataFrame({"init": ["he", "he", "he", "xavier"], "lr": [0.1] * 4,
-                          "final/test_acc": [0.8, 0.9, np.nan, 0.5]})
+    frame = pd.DataFrame({"init": ["he", "he", "he", "he", "xavier", "zeros"], "lr": [0.1] * 6,
+                          "status": ["finished", "finished", "failed", "diverged", "finished", "diverged"],
+                          "final/test_acc": [0.8, 0.9, np.nan, 0.1, 0.5, 0.3]})
     agg = analysis.aggregate_seeds(frame, by=["init", "lr"], metrics=["final/test_acc"]).set_index("init")
-    assert agg.loc["he", "count"] == 3  # the NaN (failed) run counts as a run, not in the mean
+    # The NaN (failed) and the diverged run count as runs, not in the mean.
+    assert agg.loc["he", "count"] == 4 and agg.loc["he", "diverged"] == 1
     assert agg.loc["he", "final/test_acc mean"] == pytest.approx(0.85)
     assert agg.loc["he", "final/test_acc std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
-    assert np.isnan(agg.loc["xavier", "final/test_acc std"])
+    assert np.isnan(agg.loc["xavier", "final/test_acc std"]) and agg.loc["xavier", "diverged"] == 0
+    assert agg.loc["zeros", "count"] == agg.loc["zeros", "diverged"] == 1
+    assert np.isnan(agg.loc["zeros", "final/test_acc mean"])
+    no_status = analysis.aggregate_seeds(frame.drop(columns="status"), by=["init"], metrics=["final/test_acc"])
+    assert no_status["diverged"].eq(0).all() and no_status["count"].sum() == len(frame)
 
 
 # --- on the real tiny sweep ----------------------------------------------------------------
@@ -79,12 +88,14 @@ def test_load_runs_one_row_per_child_with_real_types(store, runs):
     assert set(runs["lr"]) == set(DEFAULT_GRID["optim.lr"])
     assert set(runs["epochs"]) == {DEFAULT_EPOCHS} and set(runs["depth"]) == {1}
     assert set(runs["dataset"]) == {"moons"} and set(runs["optimizer"]) == {"gd"}
-    assert set(runs["status"]) <= {"finished", "diverged"}
+    diverging = runs["lr"] == DIVERGING_LR
+    assert set(runs.loc[diverging, "status"]) == {"diverged"} and diverging.sum() == len(runs) // 2
+    assert set(runs.loc[~diverging, "status"]) == {"finished"}
     assert set(runs["role"]) == {"child"}
     parent = analysis.latest_sweep(store.uri, DEFAULT)
     reused = runs[runs["reused"]]
     assert len(reused) == 1 and reused["parent_run_id"].item() != parent
-    assert reused[["init", "width", "seed"]].iloc[0].tolist() == ["he", 2, 0]
+    assert reused[["init", "lr", "width", "seed"]].iloc[0].tolist() == ["he", 1.0, 2, 0]
     assert set(runs.loc[~runs["reused"], "parent_run_id"]) == {parent}
     # Every value matches what MLflow holds for that run.
     client = MlflowClient(store.uri)
@@ -94,9 +105,35 @@ def test_load_runs_one_row_per_child_with_real_types(store, runs):
         assert int(run.data.params["model.width"]) == row.width
         assert run.data.tags["bpl.status"] == row.status
         assert runs.loc[runs["run_id"] == row.run_id, "final/test_acc"].item() == run.data.metrics["final/test_acc"]
-    for when in ("init", "trained"):
-        assert runs[f"gradcheck/{when}/max_rel_err"].notna().all()
-        assert runs[f"gradcheck/{when}/W1/max_rel_err"].le(runs[f"gradcheck/{when}/max_rel_err"]).all()
+    # A diverged run skips its second check when its parameters are no longer finite.
+    for when, checked in (("init", runs), ("trained", runs[~diverging])):
+        assert checked[f"gradcheck/{when}/max_rel_err"].notna().all()
+        assert checked[f"gradcheck/{when}/W1/max_rel_err"].le(checked[f"gradcheck/{when}/max_rel_err"]).all()
+
+
+@pytest.mark.slow
+def test_diverged_runs_report_status_epoch_and_their_finite_history(store, runs):
+    diverged = runs[runs["status"] == "diverged"]
+    assert len(diverged) == grid_size(DEFAULT_GRID) // len(DEFAULT_GRID["optim.lr"])
+    assert set(runs.loc[runs["status"] == "finished", "diverged_epoch"].isna()) == {True}
+    client = MlflowClient(store.uri)
+    hist = analysis.load_histories(store.uri, diverged["run_id"], metrics=("train/loss", "test/acc"))
+    for row in diverged.itertuples():
+        tags = client.get_run(row.run_id).data.tags
+        assert tags["bpl.status"] == "diverged" and int(tags["bpl.diverged_epoch"]) == row.diverged_epoch
+        assert 0 < row.diverged_epoch < DEFAULT_EPOCHS  # it really stopped early
+        assert runs.loc[runs["run_id"] == row.run_id, "final/epochs_run"].item() == row.diverged_epoch
+        # History keeps the epochs before diverged_epoch, all finite; final/* repeat the last row.
+        mine = hist[hist["run_id"] == row.run_id]
+        assert set(mine["epoch"]) == set(range(row.diverged_epoch)) and np.isfinite(mine["value"]).all()
+        last_loss = mine[(mine["metric"] == "train/loss") & (mine["epoch"] == row.diverged_epoch - 1)]
+        assert last_loss["value"].item() > 1e100  # the blow-up just before the overflow
+        assert client.get_run(row.run_id).data.metrics["final/train_loss"] == pytest.approx(
+            last_loss["value"].item(), rel=1e-5)
+    every, _ = analysis.load_sweep(store.uri, DEFAULT, "all")
+    again = every.set_index("run_id").loc[diverged["run_id"]]
+    assert (again["status"] == "diverged").all()
+    assert again["diverged_epoch"].tolist() == diverged["diverged_epoch"].tolist()
 
 
 @pytest.mark.slow
@@ -120,7 +157,9 @@ def test_load_histories_long_frame_matches_metric_history(store, runs):
     api = analysis.load_histories(store.uri, runs["run_id"], metrics=metrics, source="metrics")
     for frame in (hist, api):
         assert list(frame.columns) == ["run_id", "epoch", "metric", "value"]
-        assert len(frame) == len(runs) * len(metrics) * DEFAULT_EPOCHS
+        # Diverged runs hold only their epochs before diverged_epoch.
+        assert len(frame) == len(metrics) * runs["final/epochs_run"].sum()
+        assert runs["final/epochs_run"].min() < DEFAULT_EPOCHS
         assert set(frame["epoch"]) == set(range(DEFAULT_EPOCHS))
     # MLflow holds 6 significant digits, history.csv the exact floats.
     assert (hist[["run_id", "epoch", "metric"]] == api[["run_id", "epoch", "metric"]]).all().all()
@@ -133,14 +172,27 @@ def test_load_histories_long_frame_matches_metric_history(store, runs):
 
 @pytest.mark.slow
 def test_aggregate_seeds_matches_direct_computation(runs):
-    agg = analysis.aggregate_seeds(runs, by=["init", "width"], metrics=["final/test_acc"])
-    assert len(agg) == len(DEFAULT_GRID["init"]) * len(DEFAULT_GRID["model.width"])
+    agg = analysis.aggregate_seeds(runs, by=["init", "lr", "width"], metrics=["final/test_acc"])
+    assert len(agg) == grid_size(DEFAULT_GRID) // len(DEFAULT_GRID["seed"])
     assert (agg["count"] == len(DEFAULT_GRID["seed"])).all()
-    for row in agg.itertuples(index=False):
-        values = runs.loc[(runs["init"] == row.init) & (runs["width"] == row.width), "final/test_acc"].to_numpy()
-        assert row[2] == len(values)
-        assert row[3] == pytest.approx(values.mean())
-        assert row[4] == pytest.approx(values.std(ddof=1))
+    for row in agg.to_dict("records"):
+        group = runs[(runs["init"] == row["init"]) & (runs["lr"] == row["lr"]) & (runs["width"] == row["width"])]
+        values = group["final/test_acc"].to_numpy()
+        assert row["count"] == len(values) and row["diverged"] == (group["status"] == "diverged").sum()
+        if row["lr"] == DIVERGING_LR:  # every seed diverged: nothing to average (finite values exist)
+            assert row["diverged"] == row["count"] and np.isfinite(values).all()
+            assert np.isnan(row["final/test_acc mean"]) and np.isnan(row["final/test_acc std"])
+        else:
+            assert row["diverged"] == 0
+            assert row["final/test_acc mean"] == pytest.approx(values.mean())
+            assert row["final/test_acc std"] == pytest.approx(values.std(ddof=1))
+    # Per init over both lrs: the diverged half is left out of the mean, not averaged in.
+    by_init = analysis.aggregate_seeds(runs, by=["init"], metrics=["final/test_loss"]).set_index("init")
+    for init, group in runs.groupby("init"):
+        finished = group.loc[group["status"] == "finished", "final/test_loss"]
+        assert by_init.loc[init, "count"] == len(group) and by_init.loc[init, "diverged"] == len(group) - len(finished)
+        assert by_init.loc[init, "final/test_loss mean"] == pytest.approx(finished.mean())
+        assert by_init.loc[init, "final/test_loss mean"] < 10 < group["final/test_loss"].max()
 
 
 @pytest.mark.slow
@@ -148,7 +200,9 @@ def test_gradcheck_long_has_every_tensor_when_and_stat(store, runs):
     long = analysis.gradcheck_long(runs)
     assert set(long["param"]) == {"W1", "b1", "W2", "b2"}
     assert set(long["when"]) == {"init", "trained"} and set(long["stat"]) == {"max_rel_err", "median_rel_err"}
-    assert len(long) == len(runs) * 4 * 2 * 2
+    trained = runs["gradcheck/trained/max_rel_err"].notna()  # all finished runs, not every diverged one
+    assert trained[runs["status"] == "finished"].all() and not trained.all()
+    assert len(long) == (len(runs) + trained.sum()) * 4 * 2
     assert (long["value"] >= 0).all()
     no_check, _ = analysis.load_sweep(store.uri, "backprop-lab/deep_init")  # gradcheck.enabled=false
     with pytest.raises(analysis.AnalysisError, match="gradcheck.enabled=true"):

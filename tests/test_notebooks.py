@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from analysis_store import tiny_store
+from analysis_store import DIVERGING_LR, tiny_store
+from mlflow import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -27,16 +29,35 @@ def store(tmp_path_factory):
     return tiny_store(tmp_path_factory)
 
 
+@pytest.fixture(scope="module")
+def executed(store):
+    """name -> the notebook executed against the tiny store (each at most once per module)."""
+    cache = {}
+
+    def run(name):
+        if name not in cache:
+            # BPL_EXPERIMENT empty: each notebook reads its own default experiment.
+            env = {"BPL_TRACKING_URI": store.uri, "BPL_EXPERIMENT": "", "BPL_SWEEP": "latest"}
+            cache[name] = run_notebooks.execute(NOTEBOOKS / name, env, timeout=300)  # raises on a cell error
+        return cache[name]
+    return run
+
+
+def _cell_text(nb, marker: str) -> str:
+    """Every plain-text output (prints, tables, markdown) of the code cell whose source holds marker."""
+    cell = next(c for c in nb.cells if c.cell_type == "code" and marker in c.source)
+    return "".join(o.get("text", "") + o.get("data", {}).get("text/markdown", "")
+                   + o.get("data", {}).get("text/plain", "") for o in cell.outputs)
+
+
 def test_every_notebook_is_covered():
     assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(EXPECTED_FIGURES)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPECTED_FIGURES))
-def test_notebook_executes_against_the_sweep_and_draws_its_figures(store, name, tmp_path):
-    # BPL_EXPERIMENT empty: each notebook reads its own default experiment.
-    env = {"BPL_TRACKING_URI": store.uri, "BPL_EXPERIMENT": "", "BPL_SWEEP": "latest"}
-    nb = run_notebooks.execute(NOTEBOOKS / name, env, timeout=300)  # raises on any cell error
+def test_notebook_executes_against_the_sweep_and_draws_its_figures(store, executed, name, tmp_path):
+    nb = executed(name)
     assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     n_figures = run_notebooks.count_figures(nb)
     assert n_figures >= EXPECTED_FIGURES[name]
@@ -45,6 +66,37 @@ def test_notebook_executes_against_the_sweep_and_draws_its_figures(store, name, 
     html = tmp_path / "report.html"
     run_notebooks.write_html(nb, html)
     assert html.read_text().count("data:image/png;base64") >= n_figures
+
+
+@pytest.mark.slow
+def test_sweep_overview_names_the_runs_that_really_diverged(store, executed):
+    """The latest tiny sweep's runs at lr=DIVERGING_LR overflowed: notebook 01 must say so."""
+    client = MlflowClient(store.uri)
+    parent = client.search_runs([client.get_experiment_by_name("backprop-lab/default").experiment_id],
+                                "tags.`bpl.role` = 'parent'", order_by=["attributes.start_time DESC"])[0]
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    diverged = {r.info.run_name: int(r.data.tags["bpl.diverged_epoch"]) for r in children
+                if r.data.tags["bpl.status"] == "diverged"}
+    n_runs = len(children) + 1  # + the job reused from the one-job sweep (finished)
+    diverged_runs = [r for r in children if r.info.run_name in diverged]
+    assert len(diverged) == n_runs // 2
+    assert {float(r.data.params["optim.lr"]) for r in diverged_runs} == {DIVERGING_LR}
+    cells = {(r.data.params["init.name"], r.data.params["model.width"]) for r in diverged_runs}
+    nb = executed("01-sweep-overview.ipynb")
+    assert re.search(r"^diverged\s+%d$" % len(diverged), _cell_text(nb, "value_counts()"), re.M)
+
+    table = _cell_text(nb, "did not finish normally")
+    assert f"{len(diverged)} of {n_runs} runs did not finish normally" in table
+    for name, epoch in diverged.items():  # run_name, status, diverged_epoch, final/epochs_run
+        assert re.search(rf"{re.escape(name)}\s+diverged\s+{epoch}\s+{epoch}\.0\s", table), (name, epoch)
+    assert len(re.findall(r"^\d+\s+lr=", table, re.M)) == len(diverged)  # no other row
+
+    # Tables of means: the all-diverged cells say so instead of averaging the blow-up.
+    means = _cell_text(nb, "aggregate_seeds")
+    assert means.count("diverged") == len(cells)  # one cell per (init, width) at that lr
+    conclusion = _cell_text(nb, "runs diverged")
+    assert f"{len(diverged)} of {n_runs} runs diverged, all at lr in {{{DIVERGING_LR:g}}}." in conclusion
 
 
 def _run_notebooks(*args):

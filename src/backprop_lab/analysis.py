@@ -17,10 +17,11 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import ViewType  # noqa: E402
+
+from .analysis_plots import plot_curves, run_image  # noqa: E402,F401  (public here too)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT_PREFIX = "backprop-lab/"
@@ -257,14 +258,21 @@ def load_histories(tracking_uri: str, run_ids, metrics=CURVE_METRICS, source: st
 
 def aggregate_seeds(runs: pd.DataFrame, by=("lr", "width", "init"),
                     metrics=("final/test_acc", "final/test_loss")) -> pd.DataFrame:
-    """Mean, sample std (ddof=1; NaN for a single seed) and count of `metrics` per group.
+    """Mean, sample std (ddof=1; NaN for a single value) and count of `metrics` per group.
 
-    Returns one row per group: the `by` columns, `<metric> mean`, `<metric> std` for each
-    metric and `count` (runs in the group). NaN metric values (failed runs) are skipped.
+    Returns one row per group: the `by` columns, `count` (runs in the group), `diverged` (how
+    many of them have status "diverged"), then `<metric> mean` and `<metric> std` per metric.
+    Left out of mean and std: NaN values (failed runs) and every value of a diverged run, whose
+    final/* only repeat its last finite epoch (losses ~1e300 just before the overflow); a group
+    whose runs all diverged gets NaN.
     """
     by = list(by)
-    grouped = runs.groupby(by, dropna=False, observed=True)
+    diverged = runs["status"].eq("diverged") if "status" in runs else pd.Series(False, runs.index)
+    scored = runs[by].assign(diverged=diverged.astype(int),
+                             **{m: runs[m].mask(diverged) for m in metrics})
+    grouped = scored.groupby(by, dropna=False, observed=True)
     out = grouped.size().rename("count").to_frame()
+    out["diverged"] = grouped["diverged"].sum()
     for metric in metrics:
         out[f"{metric} mean"] = grouped[metric].mean()
         out[f"{metric} std"] = grouped[metric].std(ddof=1)
@@ -284,44 +292,3 @@ def gradcheck_long(runs: pd.DataFrame) -> pd.DataFrame:
     parts = long["key"].str.split("/", expand=True)
     long["when"], long["param"], long["stat"] = parts[1], parts[2], parts[3]
     return long.drop(columns="key")[["run_id", "init", "when", "param", "stat", "value"]]
-
-
-def run_image(tracking_uri: str, run_id: str, path: str = "plots/decision_boundary.png") -> np.ndarray:
-    """The PNG artifact `path` of a run as an image array (H, W, 3 or 4), floats in [0, 1]."""
-    import matplotlib.image as mpimg
-
-    client = _client(tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = client.download_artifacts(run_id, path, tmp)
-        except Exception as error:  # missing file or run: name both and what exists
-            folder = str(Path(path).parent) if "/" in path else None
-            try:
-                listed = ", ".join(a.path for a in client.list_artifacts(run_id, folder)) or "none"
-            except Exception:
-                listed = "unknown run"
-            raise AnalysisError(f"artifact {path!r} not found in run {run_id} "
-                                f"(present: {listed})") from error
-        return mpimg.imread(local)
-
-
-def plot_curves(ax, histories: pd.DataFrame, runs: pd.DataFrame, metric: str = "train/loss",
-                hue: str = "init", log: bool = True) -> None:
-    """Draw `metric` against epoch for every run on `ax`, one colour per value of runs[hue].
-
-    histories: long frame from load_histories; runs: frame from load_runs (for the hue column).
-    """
-    import matplotlib as mpl
-
-    data = histories[histories["metric"] == metric].merge(runs[["run_id", hue]], on="run_id")
-    levels = sorted(runs[hue].dropna().unique().tolist())
-    colours = dict(zip(levels, mpl.colormaps["tab10"].colors))
-    for level in levels:
-        for i, (_, curve) in enumerate(data[data[hue] == level].groupby("run_id")):
-            ax.plot(curve["epoch"], curve["value"], color=colours[level], lw=1, alpha=0.8,
-                    label=str(level) if i == 0 else None)
-    if log:
-        ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
-    ax.legend(title=hue, fontsize=8)
