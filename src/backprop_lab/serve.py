@@ -37,6 +37,8 @@ from urllib.parse import urlparse
 
 MODES = ("ui", "server")
 DEFAULT_PORTS = {"ui": 5000, "server": 5001}
+# Database servers as backend stores (SQLAlchemy URI schemes, with or without +driver).
+SQL_SERVER_SCHEMES = ("postgresql", "mysql", "mssql")
 # Outbound look-ups off: MLflow telemetry, generic opt-out, Ray (if anything imports it).
 QUIET_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -134,18 +136,70 @@ def prepare_store(store_uri: str, artifact_root: str) -> None:
 
     MLflow would give the Default experiment `<cwd>/mlruns` (client) or `mlflow-artifacts:/0`
     (server); `store.prepare_store` gives it an explicit local location and copies a migrated
-    schema instead of migrating each new file. Raises ServeError with one line.
+    schema instead of migrating each new file. A database server (PostgreSQL, MySQL) is probed
+    once, then migrated here with the artifact root. Raises ServeError with one line.
     """
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
+    local = _local_dir_of(artifact_root)
+    if store_uri.startswith(SQL_SERVER_SCHEMES):
+        _prepare_sql_server_store(store_uri, local.as_uri() if local is not None else artifact_root)
+        return
     from backprop_lab.store import StoreError  # noqa: PLC0415 - imports mlflow: slow
     from backprop_lab.store import prepare_store as prepare_tracking_store  # noqa: PLC0415
 
-    local = _local_dir_of(artifact_root)
     try:
         prepare_tracking_store(store_uri, str(local) if local is not None else artifact_root)
     except StoreError as e:
         raise ServeError(str(e)) from None
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` with its password (user:PASSWORD@host) replaced by ***, for messages and logs."""
+    parsed = urlparse(uri)
+    if parsed.password is None:
+        return uri
+    return uri.replace(f":{parsed.password}@", ":***@", 1)
+
+
+def _scrub(text: str, uri: str) -> str:
+    password = urlparse(uri).password
+    return text.replace(password, "***") if password else text
+
+
+def _prepare_sql_server_store(store_uri: str, artifact_root: str) -> None:
+    """Check a database-server store in seconds, then build MLflow's schema in it.
+
+    MLflow retries a failing connection ~10 times with back-off (~100 s of warnings) before it
+    says why; one probe here fails at once (connect timeout 10 s) with the driver's reason. Then
+    MLflow's own SqlAlchemyStore runs the migrations (seconds on an empty database, nothing on a
+    migrated one) and gives the Default experiment `<artifact_root>/0`, not `<cwd>/mlruns/0`.
+    """
+    shown = redact_uri(store_uri)
+    import sqlalchemy  # noqa: PLC0415 - mlflow's dependency; slow import
+
+    try:
+        timeout = {} if store_uri.startswith("mssql") else {"connect_timeout": 10}  # psycopg2, pymysql
+        engine = sqlalchemy.create_engine(store_uri, connect_args=timeout)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except ModuleNotFoundError as e:
+        raise ServeError(f"--store-uri {shown} needs the {e.name} driver in this environment "
+                         f"(PostgreSQL: pip install psycopg2-binary)") from None  # fmt: skip
+    except Exception as e:  # sqlalchemy / driver errors: bad host, password, database name
+        raise ServeError(f"store {shown} cannot be opened: {_scrub(_first_line(e), store_uri)}") from None
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # noqa: PLC0415
+
+    try:
+        SqlAlchemyStore(store_uri, artifact_root).engine.dispose()  # MLflow's server reconnects
+    except Exception as e:
+        raise ServeError(f"store {shown} cannot be migrated: {_scrub(_first_line(e), store_uri)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def store_exists(store_uri: str) -> bool:
@@ -291,7 +345,7 @@ def start_mlflow(
         )
     check_port_free(host, port)
     check_store(store_uri, artifact_root)
-    if prepare and store_uri.startswith(("sqlite:", "postgresql", "mysql")) and not store_exists(store_uri):
+    if prepare and store_uri.startswith(("sqlite:", *SQL_SERVER_SCHEMES)) and not store_exists(store_uri):
         prepare_store(store_uri, artifact_root)
 
     if log_path is None:
@@ -315,6 +369,6 @@ def start_mlflow(
         handle.stop()
         if isinstance(e, ServeError):
             last = handle.log_tail(1).strip()
-            raise ServeError(f"{e}; last log line: {last or '(empty)'} (log: {log_path})") from None
+            raise ServeError(_scrub(f"{e}; last log line: {last or '(empty)'} (log: {log_path})", store_uri)) from None
         raise
     return handle
