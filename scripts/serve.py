@@ -16,7 +16,9 @@ import signal
 import sys
 import time
 
-from backprop_lab.serve import DEFAULT_PORTS, MODES, ServeError, default_artifact_root, start_mlflow
+from backprop_lab.serve import (
+    DEFAULT_PORTS, MODES, ServeError, default_artifact_root, redact_uri, start_mlflow,
+)
 
 
 def default_store() -> str | None:
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port, allowed_hosts=args.allowed_hosts, timeout=args.timeout, log_path=args.log,
         )  # fmt: skip
         print(f"MLflow {args.mode} ready in {time.monotonic() - t0:.1f} s: {handle.url}", flush=True)
-        print(f"  store {handle.store_uri}, artifacts {handle.artifact_root}, log {handle.log_path}")
+        print(f"  store {redact_uri(handle.store_uri)}, artifacts {handle.artifact_root}, log {handle.log_path}")
         if args.mode == "server":
             print(f"  point runs at it: MLFLOW_TRACKING_URI={handle.url}  (or tracking=server)")
         print("  Ctrl-C stops it", flush=True)

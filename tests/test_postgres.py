@@ -69,6 +69,9 @@ def test_documented_postgres_server_tracks_a_real_sweep(tmp_path, monkeypatch):
     try:
         server, url, out = start_cli_server(pg.uri, tmp_path / "mlartifacts", tmp_path / "server.log")
         assert server.poll() is None and url in out, out + (tmp_path / "server.log").read_text()[-3000:]
+        store_line = server.stdout.readline()  # "  store <uri>, artifacts ..., log ..."
+        assert store_line.startswith("  store ") and "***" in store_line
+        assert pg.password not in out + store_line  # printed, the store URI hides its password
         _sweep(tmp_path, url)
         _check_through_the_server(tmp_path, url)
         _check_in_postgres(pg, monkeypatch)
