@@ -11,7 +11,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from analysis_store import DIVERGING_LR, tiny_store
+from analysis_store import DEFAULT_GRID, DIVERGING_LR, tiny_store
 from mlflow import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,6 +97,10 @@ def test_sweep_overview_names_the_runs_that_really_diverged(store, executed):
     assert means.count("diverged") == len(cells)  # one cell per (init, width) at that lr
     conclusion = _cell_text(nb, "runs diverged")
     assert f"{len(diverged)} of {n_runs} runs diverged, all at lr in {{{DIVERGING_LR:g}}}." in conclusion
+    # Diverged runs are left out of the averages: only the other lr remains to compare.
+    (kept,) = [lr for lr in DEFAULT_GRID["optim.lr"] if lr != DIVERGING_LR]
+    assert f"only learning rate {kept:g} is left to compare" in conclusion
+    assert re.search(r"init `\w+` is best \(\d\.\d{3}\) and `\w+` worst", conclusion), conclusion
 
 
 def _run_notebooks(*args):
