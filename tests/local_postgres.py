@@ -21,12 +21,13 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from backprop_lab.serve import free_port
 
 PG_ROOT = Path("/usr/lib/postgresql")
 PG_USER = "postgres"  # created by Debian's postgresql-common
@@ -51,12 +52,6 @@ def missing() -> str | None:
         except KeyError:
             return f"running as root and no `{PG_USER}` user to run initdb/postgres as"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -134,7 +129,7 @@ def start_local_postgres(folder: Path, timeout: float = 60.0) -> LocalPostgres:
             shutil.rmtree(root, ignore_errors=True)
         raise RuntimeError(f"initdb failed ({e.returncode}): {e.stdout[-1500:]}{e.stderr[-1500:]}") from None
     pwfile.unlink()
-    port = _free_port()
+    port = free_port()
     settings = {
         "listen_addresses": "127.0.0.1", "port": str(port), "unix_socket_directories": str(sock),
         "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",  # throw-away data

@@ -104,8 +104,9 @@ def prepare_store(uri: str, artifact_root: str | None = None) -> MlflowClient:
         raise StoreError(f"tracking store {uri} cannot be opened: {_first_line(exc)}") from None
     except Exception as exc:  # sqlite/sqlalchemy errors (locked, corrupt, read-only file)
         raise StoreError(f"tracking store {uri} cannot be opened: {_first_line(exc)}") from None
-    if db is not None and file_id(db) is not None:
-        _PREPARED[memo_key] = (file_id(db), client)
+    identity = file_id(db) if db is not None else None
+    if identity is not None:
+        _PREPARED[memo_key] = (identity, client)
     return client
 
 

@@ -217,19 +217,16 @@ def log_history_async(client: MlflowClient, run_id: str, series,
             continue
         latest.append(Metric(key, rounded[-1], timestamp_ms, steps[-1]))  # steps increase
         rows += zip(itertools.repeat(key), steps[:-1], rounded[:-1])
-    if table is None:
-        metrics = [Metric(k, v, timestamp_ms, st) for k, st, v in rows]
-        write, args = log_metrics, (client, run_id, metrics)
-    else:
-        blob = json.dumps(rows, allow_nan=False)  # floats as repr: they round-trip exactly
-        write, args = _insert_metric_rows, (table, engine, run_id, timestamp_ms, rows, blob)
-    return _history_pool().submit(_write_then, write, args if rows else None, latest)
+    blob = json.dumps(rows, allow_nan=False) if rows and table is not None else None  # exact floats
 
+    def write() -> list[Metric]:
+        if blob is not None:
+            _insert_metric_rows(table, engine, run_id, timestamp_ms, rows, blob)
+        elif rows:
+            log_metrics(client, run_id, [Metric(k, v, timestamp_ms, st) for k, st, v in rows])
+        return latest
 
-def _write_then(write, args, result):
-    if args is not None:
-        write(*args)
-    return result
+    return _history_pool().submit(write)
 
 
 @functools.cache
