@@ -34,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import numpy as np  # noqa: E402
 
-from backprop_lab.data import load_dataset  # noqa: E402
-from backprop_lab.mlp import MLP  # noqa: E402
-from backprop_lab.optim import make_optimizer  # noqa: E402
-from backprop_lab.rng import make_rng  # noqa: E402
-from backprop_lab.train import Trainer  # noqa: E402
+from backprop_lab.core.data import load_dataset  # noqa: E402
+from backprop_lab.core.mlp import MLP  # noqa: E402
+from backprop_lab.core.optim import make_optimizer  # noqa: E402
+from backprop_lab.core.rng import make_rng  # noqa: E402
+from backprop_lab.core.train import Trainer  # noqa: E402
 
 LR = 0.1
 FULL_SIZES = [(320, 10), (20000, 512)]
@@ -196,7 +196,7 @@ def bench_plots(reps=12) -> dict:
     """CPU ms to build + save the three per-run figures (the tracking budget is 0.15 s per run)."""
     import tempfile
 
-    from backprop_lab import plots
+    from backprop_lab.figures import plots
 
     ds = load_dataset("moons", rng=make_rng(0, "data"))
     model = MLP((2, 16, 1), activation="relu")

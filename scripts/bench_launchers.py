@@ -29,7 +29,7 @@ for _k, _v in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"), (
 
 from local_ray import start_local_ray  # noqa: E402
 
-from backprop_lab.serve import free_port, start_mlflow  # noqa: E402
+from backprop_lab.serve.server import free_port, start_mlflow  # noqa: E402
 
 LAUNCHERS = {
     "basic": [],

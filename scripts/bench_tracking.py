@@ -59,7 +59,7 @@ def _compute_s(run) -> float:
 
 def subset_batched(tmp: Path, configs: list) -> list[float]:
     """experiment.run on a fresh store; per-run overhead (wall - compute)."""
-    from backprop_lab import experiment
+    from backprop_lab.tracking import run as experiment
 
     out = []
     for i, cfg in enumerate(configs):
@@ -76,11 +76,13 @@ def subset_naive(tmp: Path, configs: list) -> list[float]:
     """Same compute, then one MLflow call per value (params, metrics, figures)."""
     import mlflow
 
-    from backprop_lab import compute, plots, tracking
-    from backprop_lab.config import flatten, validate
-    from backprop_lab.data import load_dataset
-    from backprop_lab.mlp import MLP
-    from backprop_lab.rng import make_rng
+    from backprop_lab.core import compute
+    from backprop_lab.figures import plots
+    from backprop_lab.tracking import client as tracking
+    from backprop_lab.config.schema import flatten, validate
+    from backprop_lab.core.data import load_dataset
+    from backprop_lab.core.mlp import MLP
+    from backprop_lab.core.rng import make_rng
 
     uri = f"sqlite:///{tmp / 'naive' / 'mlflow.db'}"
     art = str(tmp / "naive" / "art")

@@ -26,8 +26,8 @@ for _k, _v in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"),
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from backprop_lab import tracking  # noqa: E402  (before mlflow: telemetry off)
-from backprop_lab.config import ConfigError, validate  # noqa: E402
+from backprop_lab.tracking import client as tracking  # noqa: E402  (before mlflow: telemetry off)
+from backprop_lab.config.schema import ConfigError, validate  # noqa: E402
 
 NOT_COMPARED = ("time/",)  # wall-clock seconds differ from run to run by nature
 
@@ -74,10 +74,10 @@ def load_run(client, uri: str, run_id: str, folder: Path):
 
 def recompute(rc):
     """The run's computation, as experiment.run does it, without any logging."""
-    from backprop_lab.compute import compute  # the run's own recipe, not a copy of it
-    from backprop_lab.data import load_dataset
-    from backprop_lab.mlp import MLP
-    from backprop_lab.rng import make_rng
+    from backprop_lab.core.compute import compute  # the run's own recipe, not a copy of it
+    from backprop_lab.core.data import load_dataset
+    from backprop_lab.core.mlp import MLP
+    from backprop_lab.core.rng import make_rng
 
     dataset = load_dataset(rc.data.name, rng=make_rng(rc.seed, "data"), dtype=rc.train.dtype,
                            n_samples=rc.data.n_samples, noise=rc.data.noise,

@@ -126,7 +126,7 @@ def main(argv=None) -> int:
 
     uri = args.tracking_uri or os.environ.get("BPL_TRACKING_URI") or analysis.default_tracking_uri()
     try:
-        analysis._client(uri)  # fail in one line before starting any kernel if there is no store
+        analysis.store._client(uri)  # fail in one line before starting any kernel if there is no store
     except analysis.AnalysisError as error:
         print(f"run_notebooks: {error}", file=sys.stderr)
         return 1

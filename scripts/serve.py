@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 
-from backprop_lab.serve import (
+from backprop_lab.serve.server import (
     DEFAULT_PORTS, MODES, ServeError, default_artifact_root, redact_uri, start_mlflow,
 )
 

@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg):
-    from backprop_lab.experiment import ConfigError, UserError, job_from_hydra, run
+    from backprop_lab.tracking.run import ConfigError, UserError, job_from_hydra, run
 
     job = job_from_hydra(HydraConfig.get(), sys.argv[1:])
     try:
@@ -32,7 +32,7 @@ def precheck(argv: list[str]) -> None:
     A single run's overrides are composed once here. A multirun's values may be sweeps (a,b), so
     only its preset choice is checked here; the sweep callback validates every job up front.
     """
-    from backprop_lab.config_errors import ConfigError, check_overrides
+    from backprop_lab.config.overrides import ConfigError, check_overrides
 
     overrides = [a for a in argv if not a.startswith("-")]
     if len(overrides) != len(argv):  # --multirun, -m, --cfg ...

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from backprop_lab import config as C
-from backprop_lab.config_errors import check_overrides
+from backprop_lab.config import schema as C
+from backprop_lab.config.overrides import check_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = str(REPO / "scripts" / "train.py")

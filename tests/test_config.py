@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize
 
-from backprop_lab import config as C
+from backprop_lab.config import schema as C
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("data", "model", "init", "optim", "tracking")
@@ -55,7 +55,10 @@ def test_defaults_reproduce_the_notebook():
 
 
 def test_schema_enumerations_match_the_engine():
-    from backprop_lab import data, initializers, layers, optim
+    from backprop_lab.core import data
+    from backprop_lab.core import initializers
+    from backprop_lab.core import layers
+    from backprop_lab.core import optim
 
     assert set(C.DATASETS) == set(data.DATASETS)
     assert set(C.INIT_SCHEMES) == set(initializers.INIT_SCHEMES)

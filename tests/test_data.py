@@ -5,9 +5,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from backprop_lab.data import DATASETS, load_dataset
-from backprop_lab.mlp import MLP
-from backprop_lab.rng import STREAMS, make_rng
+from backprop_lab.core.data import DATASETS, load_dataset
+from backprop_lab.core.mlp import MLP
+from backprop_lab.core.rng import STREAMS, make_rng
 
 
 @pytest.mark.parametrize("name", list(DATASETS))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from backprop_lab.serve import free_port, start_mlflow
+from backprop_lab.serve.server import free_port, start_mlflow
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts" / "ci"))
@@ -132,7 +132,7 @@ def _sweep_and_check(tmp_path: Path, url: str, cluster) -> None:
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    # Where each job ran and which sweep dir it saw (written by backprop_lab.cluster on the worker).
+    # Where each job ran and which sweep dir it saw (written by backprop_lab.sweep.cluster on the worker).
     infos = [json.loads(p.read_text()) for p in sorted(work.glob("multirun/*/*/*/ray_job.json"))]
     assert len(infos) == 4, proc.stdout[-2000:]
     assert {i["bpl_node"] for i in infos} == {"head", "node1"}, infos
@@ -238,12 +238,12 @@ def test_ray_cluster_config_handles_the_known_traps(monkeypatch):
     assert OmegaConf.to_container(ray_cfg.remote) == {"num_cpus": 1, "max_retries": 0, "scheduling_strategy": "SPREAD"}
     sweep_dir = cfg.hydra.sweep.dir
     assert os.path.isabs(sweep_dir) and sweep_dir.startswith(os.getcwd()), sweep_dir
-    assert cfg.hydra.callbacks.ray_cluster._target_ == "backprop_lab.cluster.RayClusterCallback"
+    assert cfg.hydra.callbacks.ray_cluster._target_ == "backprop_lab.sweep.cluster.RayClusterCallback"
     assert "sweep" in cfg.hydra.callbacks, "the pipeline's SweepCallback must stay"
 
 
 def test_ray_cluster_callback_sets_the_driver_auth_mode_and_refuses_unknown_modes(monkeypatch):
-    from backprop_lab.cluster import RayClusterCallback  # noqa: PLC0415
+    from backprop_lab.sweep.cluster import RayClusterCallback  # noqa: PLC0415
 
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "1")

@@ -10,9 +10,9 @@ import yaml
 from hydra import compose, initialize
 from mlflow import MlflowClient
 
-from backprop_lab import config as C
-from backprop_lab import experiment
-from backprop_lab.experiment import JobContext
+from backprop_lab.config import schema as C
+from backprop_lab.tracking import run as experiment
+from backprop_lab.tracking.run import JobContext
 
 EPOCHS = 12
 ARTIFACTS = {"plots/decision_boundary.png", "plots/curves.png", "plots/data.png", "config/config.yaml",
@@ -59,8 +59,8 @@ def test_single_run_logs_every_contracted_name(make_cfg, tmp_path, capsys):
     rc = C.validate(make_cfg(*overrides))
     assert run.data.params == C.flatten(rc)  # every param, exactly
 
-    from backprop_lab.mlp import MLP
-    from backprop_lab.train import metric_names
+    from backprop_lab.core.mlp import MLP
+    from backprop_lab.core.train import metric_names
 
     per_epoch = metric_names(MLP(rc.model.layer_sizes(2), rc.model.activation))
     assert {"train/loss", "test/acc", "grad_norm/W1", "update_ratio/W2", "dead_relu/layer1"} <= set(per_epoch)
@@ -142,7 +142,7 @@ def test_diverged_run_is_finished_with_status_and_epoch(make_cfg, tmp_path):
 
 
 def test_multirun_child_is_linked_to_parent_of_its_sweep_dir(make_cfg, tmp_path):
-    from backprop_lab import tracking
+    from backprop_lab.tracking import client as tracking
 
     rc = C.validate(make_cfg())
     uri, art = tracking.resolve_tracking(rc)
@@ -162,7 +162,7 @@ def test_multirun_child_is_linked_to_parent_of_its_sweep_dir(make_cfg, tmp_path)
 def test_crash_after_start_ends_run_failed_with_traceback(make_cfg, tmp_path, monkeypatch):
     # Fault injection (the store, MLflow and the run are real): the curves figure raises while
     # the history is being written on the background thread.
-    from backprop_lab import render
+    from backprop_lab.figures import render
 
     def broken(history):
         raise RuntimeError("figure exploded")
@@ -197,7 +197,7 @@ def test_multirun_names_only_the_swept_keys():
 def test_blas_threads_limit_the_run_and_are_not_part_of_its_identity(make_cfg):
     from threadpoolctl import threadpool_info
 
-    from backprop_lab.config import config_key, validate
+    from backprop_lab.config.schema import config_key, validate
 
     before = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
     with experiment._blas_threads(1):

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from backprop_lab.data import load_dataset
-from backprop_lab.gradcheck import DEFAULT_THRESHOLD, check_gradients, rel_error
-from backprop_lab.mlp import MLP
-from backprop_lab.rng import make_rng
+from backprop_lab.core.data import load_dataset
+from backprop_lab.core.gradcheck import DEFAULT_THRESHOLD, check_gradients, rel_error
+from backprop_lab.core.mlp import MLP
+from backprop_lab.core.rng import make_rng
 
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid")
 INITS = ("he", "xavier", "xavier_uniform", "lecun", "normal", "he_lecun_output")

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from backprop_lab.initializers import EXPECTED_STD, INIT_SCHEMES, init_params
-from backprop_lab.rng import make_rng
+from backprop_lab.core.initializers import EXPECTED_STD, INIT_SCHEMES, init_params
+from backprop_lab.core.rng import make_rng
 
 SIZES = (400, 900, 700)  # W1 hidden (400 x 900), W2 output (900 x 700): both large
 

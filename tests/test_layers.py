@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from backprop_lab import layers
-from backprop_lab.layers import ACTIVATIONS
-from backprop_lab.rng import make_rng
+from backprop_lab.core import layers
+from backprop_lab.core.layers import ACTIVATIONS
+from backprop_lab.core.rng import make_rng
 
 
 def numeric_grad(f, x, h=1e-6):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from backprop_lab.losses import bce_loss, bce_sum_and_grad, bce_with_logits, sigmoid
-from backprop_lab.rng import make_rng
+from backprop_lab.core.losses import bce_loss, bce_sum_and_grad, bce_with_logits, sigmoid
+from backprop_lab.core.rng import make_rng
 
 
 def naive_bce(z, y):

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from backprop_lab import mlp as mlp_module
-from backprop_lab.mlp import MLP
-from backprop_lab.rng import make_rng
+from backprop_lab.core import mlp as mlp_module
+from backprop_lab.core.mlp import MLP
+from backprop_lab.core.rng import make_rng
 
 ACTS = ["relu", "leaky_relu", "tanh", "sigmoid"]
 DEPTHS = {1: (3, 1), 2: (3, 5, 1), 3: (3, 4, 6, 1)}

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from backprop_lab.optim import OPTIMIZERS, make_optimizer
+from backprop_lab.core.optim import OPTIMIZERS, make_optimizer
 
 
 def run_steps(opt, grads_seq, p0=1.0):

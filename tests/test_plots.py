@@ -7,10 +7,10 @@ from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 
-from backprop_lab import plots
-from backprop_lab.data import load_dataset
-from backprop_lab.mlp import MLP
-from backprop_lab.rng import make_rng
+from backprop_lab.figures import plots
+from backprop_lab.core.data import load_dataset
+from backprop_lab.core.mlp import MLP
+from backprop_lab.core.rng import make_rng
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

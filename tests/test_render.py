@@ -16,12 +16,13 @@ import pytest
 from matplotlib.image import imread
 from PIL import Image
 
-from backprop_lab import plots, render
-from backprop_lab.data import load_dataset
-from backprop_lab.mlp import MLP
-from backprop_lab.optim import make_optimizer
-from backprop_lab.rng import make_rng
-from backprop_lab.train import train
+from backprop_lab.figures import plots
+from backprop_lab.figures import render
+from backprop_lab.core.data import load_dataset
+from backprop_lab.core.mlp import MLP
+from backprop_lab.core.optim import make_optimizer
+from backprop_lab.core.rng import make_rng
+from backprop_lab.core.train import train
 
 TOL = 6 / 255
 

@@ -49,7 +49,7 @@ def compose_sweep(*overrides: str):
     """The driver's view of `--multirun <overrides>`: jobs expanded and validated in-process."""
     from hydra.types import RunMode
 
-    from backprop_lab import sweep
+    from backprop_lab.sweep import owner as sweep
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         from hydra.core.global_hydra import GlobalHydra
@@ -95,7 +95,7 @@ def test_expansion_matches_basic_sweeper_order_and_command_line_wins():
 
 
 def test_sweep_key_is_the_definition_not_the_force_flag_or_store():
-    from backprop_lab.sweep import sweep_key
+    from backprop_lab.sweep.owner import sweep_key
 
     base = compose_sweep("optim.lr=0.1,0.2", "train.epochs=5")
     forced = compose_sweep("optim.lr=0.1,0.2", "train.epochs=5", "force=true",
@@ -107,7 +107,7 @@ def test_sweep_key_is_the_definition_not_the_force_flag_or_store():
 
 
 def test_bad_value_in_any_job_names_the_job_and_key():
-    from backprop_lab.sweep import SweepError
+    from backprop_lab.sweep.owner import SweepError
 
     with pytest.raises(SweepError, match=r"job 2 \(optim\.lr=-1 model\.width=2\): .*optim\.lr=-1: must be > 0"):
         compose_sweep("optim.lr=0.1,-1", "model.width=2,4")
@@ -123,7 +123,7 @@ def test_bad_value_in_any_job_names_the_job_and_key():
     ("init=he,nope", "init"),
 ])
 def test_other_bad_values_are_caught_before_the_first_job(bad, expected):
-    from backprop_lab.sweep import SweepError
+    from backprop_lab.sweep.owner import SweepError
 
     with pytest.raises(SweepError) as info:
         compose_sweep("train.epochs=5", bad)

@@ -17,8 +17,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from backprop_lab import config as bpl_config
-from backprop_lab import sweep_jobs
+from backprop_lab.config import schema as bpl_config
+from backprop_lab.sweep import jobs as sweep_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

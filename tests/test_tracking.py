@@ -6,7 +6,7 @@ import time
 import pytest
 from mlflow.entities import Metric
 
-from backprop_lab import tracking
+from backprop_lab.tracking import client as tracking
 
 
 @pytest.fixture()
@@ -173,9 +173,9 @@ def test_environment_tags_name_versions_and_git():
 
 
 def _log_same_dataset(uri, experiment_id, barrier, out):
-    from backprop_lab import tracking
-    from backprop_lab.data import load_dataset
-    from backprop_lab.rng import make_rng
+    from backprop_lab.tracking import client as tracking
+    from backprop_lab.core.data import load_dataset
+    from backprop_lab.core.rng import make_rng
 
     client = tracking.MlflowClient(uri)
     run_id = client.create_run(experiment_id).info.run_id
@@ -193,7 +193,7 @@ def test_parallel_runs_logging_the_same_dataset_do_not_collide(tmp_path):
     """Jobs that start together with the same data race on MLflow's unique dataset row."""
     import multiprocessing as mp
 
-    from backprop_lab import tracking
+    from backprop_lab.tracking import client as tracking
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracking.prepare_store(uri, str(tmp_path / "art"))

@@ -6,11 +6,11 @@ import warnings
 import numpy as np
 import pytest
 
-from backprop_lab.data import load_dataset
-from backprop_lab.mlp import MLP
-from backprop_lab.optim import make_optimizer
-from backprop_lab.rng import make_rng
-from backprop_lab.train import Trainer, metric_names, train
+from backprop_lab.core.data import load_dataset
+from backprop_lab.core.mlp import MLP
+from backprop_lab.core.optim import make_optimizer
+from backprop_lab.core.rng import make_rng
+from backprop_lab.core.train import Trainer, metric_names, train
 
 
 def run(data="blobs", hidden=(10,), act="relu", init="he", opt="gd", lr=0.1, epochs=1000, seed=0,

@@ -2,7 +2,7 @@
 
 BasicSweeper.sweep composes every job once before launching it (`validate_batch_is_legal`), to
 catch composition errors early. backprop_lab's SweepCallback has already composed and validated
-every job in this process (backprop_lab.sweep_jobs.compose_jobs), so that pass only costs time
+every job in this process (backprop_lab.sweep.jobs.compose_jobs), so that pass only costs time
 (~0.1 s a job). This sweeper skips the jobs compose_jobs recorded and leaves every other job to
 Hydra's own check, e.g. when the callback is disabled (`~hydra.callbacks.sweep`).
 
@@ -25,7 +25,7 @@ class BackpropLabSweeper(BasicSweeper):
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         # Only a process that ran compose_jobs can have validated anything: no import otherwise.
-        jobs = sys.modules.get("backprop_lab.sweep_jobs")
+        jobs = sys.modules.get("backprop_lab.sweep.jobs")
         assert self.config is not None
         unchecked = [overrides for overrides in batch
                      if jobs is None or not jobs.was_validated(self.config, list(overrides))]

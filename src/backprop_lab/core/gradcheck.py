@@ -171,7 +171,7 @@ def check_gradients(model, params, X, y, *, h=1e-6, mode="full", n_directions=32
         overall = None
     else:
         if rng is None:
-            from backprop_lab.rng import make_rng  # engine module; imported lazily
+            from backprop_lab.core.rng import make_rng  # engine module; imported lazily
             rng = make_rng(0, "gradcheck")
         per_param = {k: _check_directional(model, p64, X64, y64, [k], grads, h, threshold,
                                            probe, floor, n_directions, rng, name=k) for k in p64}

@@ -16,7 +16,7 @@ def run_image(tracking_uri: str, run_id: str, path: str = "plots/decision_bounda
     """The PNG artifact `path` of a run as an image array (H, W, 3 or 4), floats in [0, 1]."""
     import matplotlib.image as mpimg
 
-    from .analysis import AnalysisError, _client  # here: analysis imports this module
+    from .store import AnalysisError, _client
 
     client = _client(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:

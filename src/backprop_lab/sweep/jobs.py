@@ -32,8 +32,8 @@ from hydra.core.override_parser.types import Override
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from backprop_lab import config as bpl_config
-from backprop_lab.sweep_report import Job, task_overrides
+from backprop_lab.config import schema as bpl_config
+from backprop_lab.sweep.report import Job, task_overrides
 
 # Override keys that change how a sweep runs, not what it computes: not part of its identity.
 NOT_IDENTITY = ("force=", "tracking.", "hydra.")

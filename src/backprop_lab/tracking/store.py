@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from backprop_lab.config import UserError
+from backprop_lab.config.schema import UserError
 
 # Before mlflow is imported anywhere through us: no outbound telemetry, and a client that gives
 # up quickly on a dead server instead of retrying for minutes (users can still override these).
@@ -42,7 +42,7 @@ class StoreError(UserError, RuntimeError):
 
 def repo_root(start: Path | None = None) -> Path:
     """The folder holding pyproject.toml above src/backprop_lab, else the current directory."""
-    here = Path(__file__).resolve().parent  # .../src/backprop_lab
+    here = Path(__file__).resolve().parent.parent  # .../src/backprop_lab
     candidate = here.parent.parent
     if (candidate / "pyproject.toml").is_file() and (candidate / "src" / "backprop_lab").is_dir():
         return candidate

@@ -75,8 +75,8 @@ def prepare_store(store_uri: str, artifact_root: str) -> None:
     if store_uri.startswith(SQL_SERVER_SCHEMES):
         _prepare_sql_server_store(store_uri, local.as_uri() if local is not None else artifact_root)
         return
-    from backprop_lab.store import StoreError  # noqa: PLC0415 - imports mlflow: slow
-    from backprop_lab.store import prepare_store as prepare_tracking_store  # noqa: PLC0415
+    from backprop_lab.tracking.store import StoreError  # noqa: PLC0415 - imports mlflow: slow
+    from backprop_lab.tracking.store import prepare_store as prepare_tracking_store  # noqa: PLC0415
 
     try:
         prepare_tracking_store(store_uri, str(local) if local is not None else artifact_root)

@@ -24,7 +24,7 @@ import numpy as np
 import sqlalchemy.exc
 
 # store sets the telemetry / HTTP-retry env vars before mlflow is imported.
-from backprop_lab.store import (  # noqa: F401 - re-exported: the tracking API in one place
+from backprop_lab.tracking.store import (  # noqa: F401 - re-exported: the tracking API in one place
     HEALTH_TIMEOUT_S, StoreError, check_server, file_id, prepare_store, repo_root, resolve_tracking,
     sqlite_path,
 )
@@ -290,7 +290,7 @@ def _LOCAL_SOURCE():  # noqa: N802 - a tiny factory
     # Generated in memory from the seed: no file or URL to point at.
     from mlflow.data.code_dataset_source import CodeDatasetSource
 
-    return CodeDatasetSource(tags={"generator": "backprop_lab.data.load_dataset"})
+    return CodeDatasetSource(tags={"generator": "backprop_lab.core.data.load_dataset"})
 
 
 @functools.cache

@@ -21,9 +21,7 @@ import pandas as pd  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import ViewType  # noqa: E402
 
-from .analysis_plots import plot_curves, run_image  # noqa: E402,F401  (public here too)
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 EXPERIMENT_PREFIX = "backprop-lab/"
 CURVE_METRICS = ("train/loss", "train/acc", "test/loss", "test/acc")
 # Run-level metrics kept as columns of load_runs; per-epoch ones live in load_histories.

@@ -21,11 +21,11 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from backprop_lab import sweep_report as report
-from backprop_lab import tracking  # before mlflow: it turns telemetry off
-from backprop_lab.sweep_jobs import SweepError, compose_jobs, expand_jobs, sweep_key
-from backprop_lab.sweep_jobs import one_line as _one_line
-from backprop_lab.sweep_report import Job
+from backprop_lab.sweep import report
+from backprop_lab.tracking import client as tracking  # before mlflow: it turns telemetry off
+from backprop_lab.sweep.jobs import SweepError, compose_jobs, expand_jobs, sweep_key
+from backprop_lab.sweep.jobs import one_line as _one_line
+from backprop_lab.sweep.report import Job
 from mlflow.entities import Metric, RunTag, ViewType  # noqa: E402
 
 __all__ = ["SweepCallback", "SweepError", "compose_jobs", "expand_jobs", "sweep_key"]

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from backprop_lab.config import ConfigError, RunConfig, UserError, config_key, flatten, validate
+from backprop_lab.config.schema import ConfigError, RunConfig, UserError, config_key, flatten, validate
 
 __all__ = ["JobContext", "RunSummary", "run", "run_name", "ConfigError", "UserError"]
 
@@ -84,7 +84,7 @@ def run(cfg: Any, job: JobContext | None = None, *, out=None) -> RunSummary:
     name = run_name(job.overrides, job.swept)
     try:
         rc = validate(cfg)
-        from backprop_lab import tracking  # mlflow takes seconds to import: only for valid configs
+        from backprop_lab.tracking import client as tracking  # mlflow takes seconds to import: only for valid configs
 
         uri, artifact_root = tracking.resolve_tracking(rc)
         client = tracking.prepare_store(uri, artifact_root)
@@ -166,7 +166,7 @@ def _report(summary: RunSummary, out) -> RunSummary:
 
 def _end_failed(client, run_id: str, status: str = "FAILED") -> None:
     """Best effort: the traceback as an artifact, bpl.status=failed, run ended FAILED/KILLED."""
-    from backprop_lab import tracking
+    from backprop_lab.tracking import client as tracking
 
     text = traceback.format_exc()
     try:
@@ -216,10 +216,13 @@ def run_name(overrides, swept=None) -> str:
 
 
 def _train_and_log(client, info, rc: RunConfig, job: JobContext, t0: float):
-    from backprop_lab import compute, plots, render, tracking
-    from backprop_lab.data import load_dataset
-    from backprop_lab.mlp import MLP
-    from backprop_lab.rng import make_rng
+    from backprop_lab.core import compute
+    from backprop_lab.figures import plots
+    from backprop_lab.figures import render
+    from backprop_lab.tracking import client as tracking
+    from backprop_lab.core.data import load_dataset
+    from backprop_lab.core.mlp import MLP
+    from backprop_lab.core.rng import make_rng
 
     run_id = info.run_id
     tracking.log_params(client, run_id, flatten(rc))

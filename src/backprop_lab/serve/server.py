@@ -33,7 +33,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backprop_lab.serve_store import (  # noqa: F401 - re-exported: the serve API in one place
+from backprop_lab.serve.store import (  # noqa: F401 - re-exported: the serve API in one place
     QUIET_ENV, SQL_SERVER_SCHEMES, ServeError, check_store, local_dir_of, prepare_store, redact_uri,
     store_exists,
 )
@@ -42,7 +42,7 @@ MODES = ("ui", "server")
 DEFAULT_PORTS = {"ui": 5000, "server": 5001}
 def repo_root() -> Path:
     """The checkout holding this package (editable install), else the current directory."""
-    here = Path(__file__).resolve().parents[2]
+    here = Path(__file__).resolve().parents[3]
     return here if (here / "pyproject.toml").exists() else Path.cwd()
 
 

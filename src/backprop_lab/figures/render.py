@@ -34,7 +34,7 @@ import matplotlib as mpl
 import numpy as np
 from matplotlib.path import Path
 
-from backprop_lab import plots
+from backprop_lab.figures import plots
 
 MAX_LAYOUTS = 8  # a sweep uses a handful of datasets / epoch counts
 

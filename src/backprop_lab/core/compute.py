@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from backprop_lab.gradcheck import check_gradients
-from backprop_lab.optim import make_optimizer
-from backprop_lab.rng import make_rng
-from backprop_lab.train import train
+from backprop_lab.core.gradcheck import check_gradients
+from backprop_lab.core.optim import make_optimizer
+from backprop_lab.core.rng import make_rng
+from backprop_lab.core.train import train
 
 if TYPE_CHECKING:
-    from backprop_lab.config import RunConfig
+    from backprop_lab.config.schema import RunConfig  # type only
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The end of a sweep, read back from the store: one row per job, table, children.csv, heatmaps.
 
-Used by `backprop_lab.sweep` in the driver process; no Hydra here. A row is the run this sweep
+Used by `backprop_lab.sweep.owner` in the driver process; no Hydra here. A row is the run this sweep
 made for the job or, for a skipped job, the FINISHED run of the same config key it reused.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from backprop_lab import plots
-from backprop_lab.experiment import run_name
+from backprop_lab.figures import plots
+from backprop_lab.tracking.run import run_name
 
 STATUSES = ("finished", "diverged", "failed", "skipped")
 # Keys whose values a heatmap may average or lay out; any other swept key makes cells meaningless.
@@ -27,7 +27,7 @@ class Job:
     """One job of the sweep: its overrides (as Hydra passes them) and its validated config."""
 
     overrides: list[str]
-    run_config: Any  # backprop_lab.config.RunConfig
+    run_config: Any  # backprop_lab.config.schema.RunConfig
     config_key: str
 
 

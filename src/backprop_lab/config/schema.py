@@ -214,7 +214,6 @@ def validate(cfg: Any) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        from backprop_lab.config_errors import one_line
 
         raise one_line(exc) from None
 
@@ -269,3 +268,109 @@ def config_key(rc: RunConfig) -> str:
     """sha256 of the canonical JSON of the run's semantic config (tracking, force, names excluded)."""
     canonical = json.dumps(semantic_dict(rc), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- one-line errors
+
+_OPTIM_FIELDS = {
+    "gd": GDConfig, "sgd": SGDConfig, "momentum": MomentumConfig,
+    "nesterov": NesterovConfig, "adam": AdamConfig,
+}
+
+
+def _dotted(loc: tuple) -> str:
+    parts: list[str] = []
+    for i, item in enumerate(loc):
+        # The discriminated union inserts the tag (optim -> adam -> lr); users never type it.
+        if i == 1 and loc[0] == "optim" and item in _OPTIM_FIELDS:
+            continue
+        if isinstance(item, int):
+            parts[-1] = f"{parts[-1]}[{item}]" if parts else f"[{item}]"
+        else:
+            parts.append(str(item))
+    return ".".join(parts) or "<root>"
+
+
+def _section_for(loc: tuple) -> type[BaseModel] | None:
+    """The schema class at `loc` (the tag of the optim union picks its class), else None."""
+    model: type[BaseModel] | None = RunConfig
+    for i, item in enumerate(loc):
+        if model is RunConfig and item == "optim":
+            model = _OPTIM_FIELDS.get(loc[i + 1]) if i + 1 < len(loc) else None
+            continue
+        if model is None or item in _OPTIM_FIELDS and model in _OPTIM_FIELDS.values():
+            continue
+        field = model.model_fields.get(item) if isinstance(item, str) else None
+        annotation = field.annotation if field else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return model
+
+
+def one_line(exc: ValidationError) -> ConfigError:
+    err = exc.errors()[0]
+    kind, loc, ctx = err["type"], tuple(err["loc"]), err.get("ctx", {})
+    key, value = _dotted(loc), err.get("input", _NO_VALUE)
+    if kind == "extra_forbidden":
+        section = _section_for(loc[:-1])
+        valid = ", ".join(section.model_fields) if section else "see docs/pipeline.md"
+        reason = f"unknown key (misspelt?); valid keys here: {valid}"
+    elif kind == "missing":
+        value, reason = _NO_VALUE, "missing; it is required"
+    elif kind == "union_tag_invalid":
+        key = f"{key}.name"
+        value = ctx.get("tag", value)
+        reason = f"must be one of: {', '.join(_OPTIM_FIELDS)}"
+    elif kind == "union_tag_not_found":
+        key, value = f"{key}.name", _NO_VALUE
+        reason = f"missing; must be one of: {', '.join(_OPTIM_FIELDS)}"
+    elif kind == "literal_error":
+        reason = f"must be one of: {ctx.get('expected', '').replace(chr(39), '').replace(' or ', ', ')}"
+    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+        bound = next(iter(ctx.values()))
+        reason = f"must be {op} {bound:g}"
+        section = _section_for(loc[:-1])
+        field = section.model_fields.get(loc[-1]) if section and isinstance(loc[-1], str) else None
+        other = _range_text(field) if field else None
+        if other:
+            reason = f"must be {other}"
+    elif kind.startswith("int_"):
+        reason = "must be an integer"
+    elif kind.startswith("float_"):
+        reason = "must be a number"
+    elif kind.startswith("bool_"):
+        reason = "must be true or false"
+    elif kind.startswith("string_"):
+        reason = "must be a string"
+    elif kind in ("list_type", "too_short"):
+        reason = "must be a non-empty list of positive integers" if "hidden_sizes" in key else err["msg"]
+    elif kind in ("dict_type", "model_type", "model_attributes_type"):
+        reason = "must be a mapping of keys (a config group)"
+    elif kind == "value_error":
+        # Our own validators already wrote the whole message, key included.
+        msg = err["msg"].removeprefix("Value error, ")
+        return _Raw(msg)
+    else:
+        reason = err["msg"]
+    return ConfigError(key, value, reason)
+
+
+def _range_text(field: Any) -> str | None:
+    lo = hi = None
+    for m in field.metadata:
+        for attr, sym in (("gt", "> "), ("ge", ">= ")):
+            if getattr(m, attr, None) is not None:
+                lo = (sym, getattr(m, attr))
+        for attr, sym in (("lt", "< "), ("le", "<= ")):
+            if getattr(m, attr, None) is not None:
+                hi = (sym, getattr(m, attr))
+    if lo and hi:
+        return f"in {'(' if lo[0] == '> ' else '['}{lo[1]:g}, {hi[1]:g}{')' if hi[0] == '< ' else ']'}"
+    return None
+
+
+class _Raw(ConfigError):
+    def __init__(self, msg: str):
+        key, _, reason = msg.partition(": ")
+        self.key, self.value, self.reason = key.split("=")[0], _NO_VALUE, reason
+        ValueError.__init__(self, f"invalid config: {msg}")

@@ -1,0 +1,1 @@
+"""The run config: pydantic schema, one-line errors, Hydra override checks."""

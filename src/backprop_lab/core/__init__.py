@@ -1,0 +1,1 @@
+"""The numerical core: NumPy only (never hydra, omegaconf, mlflow, pandas)."""

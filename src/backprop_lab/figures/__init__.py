@@ -1,0 +1,1 @@
+"""Figures (matplotlib, no pyplot state): plain reference figures and the fast per-run renderer."""

@@ -1,0 +1,1 @@
+"""mlflow ui / mlflow server with light settings, and the store side of serving."""

@@ -1,0 +1,1 @@
+"""Sweeps: the jobs, the owner of a sweep, its report."""

@@ -1,0 +1,1 @@
+"""MLflow: the store, batched logging, and the whole life of one run."""
