@@ -7,10 +7,7 @@ store is usable. Every run that started ends FINISHED or FAILED (KILLED on Ctrl-
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
-import io
-import json
 import sys
 import tempfile
 import time
@@ -19,10 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import yaml
-
-from backprop_lab.config.schema import ConfigError, RunConfig, UserError, config_key, flatten, validate
+from backprop_lab.config.schema import ConfigError, UserError, config_key, validate
+from backprop_lab.tracking import record
 
 __all__ = ["JobContext", "RunSummary", "run", "run_name", "ConfigError", "UserError"]
 
@@ -125,7 +120,7 @@ def run(cfg: Any, job: JobContext | None = None, *, out=None) -> RunSummary:
     run_id = mlflow_run.info.run_id
     try:
         with _blas_threads(rc.blas_threads):
-            result = _train_and_log(client, mlflow_run.info, rc, job, t0)
+            result = record.train_and_log(client, mlflow_run.info, rc, job.overrides, t0)
     except KeyboardInterrupt:
         _end_failed(client, run_id, status="KILLED")
         raise
@@ -210,81 +205,3 @@ def run_name(overrides, swept=None) -> str:
         parts[ALIASES.get(key, key.rsplit(".", 1)[-1])] = value
     ordered = sorted(parts, key=lambda k: (_ORDER.index(k) if k in _ORDER else len(_ORDER), k))
     return " ".join(f"{k}={parts[k]}" for k in ordered) or "defaults"
-
-
-# --------------------------------------------------------------------------- the run's body
-
-
-def _train_and_log(client, info, rc: RunConfig, job: JobContext, t0: float):
-    from backprop_lab.core import compute
-    from backprop_lab.figures import plots
-    from backprop_lab.figures import render
-    from backprop_lab.tracking import client as tracking
-    from backprop_lab.core.data import load_dataset
-    from backprop_lab.core.mlp import MLP
-    from backprop_lab.core.rng import make_rng
-
-    run_id = info.run_id
-    tracking.log_params(client, run_id, flatten(rc))
-    dataset = load_dataset(rc.data.name, rng=make_rng(rc.seed, "data"), dtype=rc.train.dtype,
-                           n_samples=rc.data.n_samples, noise=rc.data.noise,
-                           test_fraction=rc.data.test_fraction)
-    tracking.log_dataset(client, run_id, dataset.X_train, dataset.y_train,
-                         name=f"{rc.data.name}-train", context="train")
-    model = MLP(rc.model.layer_sizes(dataset.X_train.shape[1]), activation=rc.model.activation)
-
-    now_ms = int(time.time() * 1000)
-    pending = []
-
-    def write_history(history) -> None:
-        # Written on a background thread (one SQLite call, GIL released) while this thread runs
-        # the second gradient check and renders the figures; joined before the run's last writes.
-        series = [(k, history["epoch"], v) for k, v in history.items() if k != "epoch"]
-        pending.append(tracking.log_history_async(client, run_id, series, now_ms))
-
-    try:
-        outcome = compute.compute(rc, dataset, model, compute.progress_for(rc.train.epochs),
-                                  on_trained=write_history)
-        figures = {  # PNG bytes; render.py reuses one figure per layout (same pictures as plots.py)
-            "data": plots.data_png(dataset),
-            "curves": render.curves_png(outcome.history),
-            "decision_boundary": render.decision_boundary_png(model, outcome.params, dataset),
-        }
-        with tempfile.TemporaryDirectory(prefix="bpl-art-") as tmp:
-            _write_artifacts(Path(tmp), rc, job, outcome, figures)
-            tracking.log_artifact_dir(client, run_id, tmp, info.artifact_uri)
-        latest = pending[0].result()
-    finally:
-        concurrent.futures.wait(pending)  # never leave it writing after the run ended
-
-    # Last call: scalars, wall time so far and the end status, in one batch.
-    final = dict(outcome.scalars)
-    final["time/wall_s"] = time.perf_counter() - t0
-    end_tags = {"bpl.status": outcome.status}
-    if outcome.diverged_epoch is not None:
-        end_tags["bpl.diverged_epoch"] = outcome.diverged_epoch
-    metrics = latest + tracking.metric_batch([(k, [0], [v]) for k, v in final.items()], now_ms)
-    tracking.log_metrics(client, run_id, metrics, tags=end_tags)
-    client.set_terminated(run_id, "FINISHED")
-    return outcome.status, final
-
-
-def _write_artifacts(folder: Path, rc: RunConfig, job: JobContext, outcome,
-                     figures: dict[str, bytes]) -> None:
-    (folder / "plots").mkdir()
-    (folder / "config").mkdir()
-    for name, png in figures.items():
-        (folder / "plots" / f"{name}.png").write_bytes(png)
-    (folder / "config" / "config.yaml").write_text(
-        yaml.safe_dump(rc.model_dump(mode="json"), sort_keys=False))
-    (folder / "config" / "overrides.yaml").write_text(yaml.safe_dump(list(job.overrides)))
-    history = outcome.history
-    names = ["epoch"] + [k for k in history if k != "epoch"]
-    table = np.column_stack([np.asarray(history[k], dtype=np.float64) for k in names])  # (E, M+1)
-    buf = io.StringIO()
-    # %.17g: the exact history (the MLflow metrics are rounded for display).
-    np.savetxt(buf, table, delimiter=",", header=",".join(names), comments="", fmt="%.17g")
-    (folder / "history.csv").write_text(buf.getvalue())
-    np.savez(folder / "params.npz", **outcome.params)
-    (folder / "gradcheck.json").write_text(json.dumps(outcome.gradcheck, indent=1))
-
