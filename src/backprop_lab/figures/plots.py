@@ -225,3 +225,124 @@ def heatmap_figure(values, row_labels, col_labels, *, title="", cbar_label="", f
     fig.colorbar(im, cax=fig.add_axes(((1.0 + 0.75 * n_cols) / width, 0.6 / height,
                                        0.15 / width, 0.45 * n_rows / height)), label=cbar_label)
     return fig
+
+
+# A sweep's comparison figure: accuracy on one colour scale from chance (0.5) to 1 for every preset.
+SUMMARY_CMAP = "viridis"
+SUMMARY_CELL = (1.05, 0.62)  # inches per heatmap cell (width, height): room for three text lines
+TIE_COLOUR = "#e41a1c"
+
+
+def summary_figure(means, stds, row_labels, col_labels, *, panel_titles=None, notes=None,
+                   highlight=None, row_name="", col_name="", title="", cbar_label="test accuracy",
+                   vmin=0.5, vmax=1.0, chance=0.5, max_panels_per_line=3) -> Figure:
+    """Heatmap panels (P, R, C) on ONE colour scale vmin..vmax with the chance level marked on it.
+
+    means, stds: (P, R, C) arrays (NaN: no run to average, drawn hatched and "n/a"); every cell
+    shows its mean, "± std" (when finite) and ``notes[p, i, j]`` (e.g. "n=2, 1 diverged").
+    highlight: (P, R, C) bool, cells outlined (the best and those tied with it). Values below
+    vmin take the "under" colour and the colour bar's lower triangle. panel_titles: P strings.
+    """
+    means = np.asarray(means, dtype=float)
+    stds = np.asarray(stds, dtype=float)
+    if means.ndim == 2:
+        means, stds = means[None], stds[None]
+    n_panels, n_rows, n_cols = means.shape
+    if (n_rows, n_cols) != (len(row_labels), len(col_labels)) or stds.shape != means.shape:
+        raise ValueError(f"summary values have shape {means.shape} (stds {stds.shape}); expected "
+                         f"(P, {len(row_labels)}, {len(col_labels)}) from the row/column labels")
+    panel_titles = list(panel_titles) if panel_titles is not None else [""] * n_panels
+    notes = np.full(means.shape, "", dtype=object) if notes is None else np.asarray(notes, dtype=object)
+    highlight = np.zeros(means.shape, bool) if highlight is None else np.asarray(highlight, bool)
+
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Rectangle
+
+    cmap = colormaps[SUMMARY_CMAP].with_extremes(under="0.3", bad="0.93")
+    norm = Normalize(vmin, vmax)
+    per_line = max(1, min(n_panels, max_panels_per_line))
+    n_lines = -(-n_panels // per_line)
+    cw, ch = SUMMARY_CELL
+    pw, ph = cw * n_cols, ch * n_rows  # one panel, inches
+    left, gap, right, vgap = 0.95, 0.3, 1.25, 0.75
+    top = 0.2 + 0.17 * (title.count("\n") + 1) * bool(title) + 0.25 * any(panel_titles)
+    bottom = 0.55
+    body = max(n_lines * ph + (n_lines - 1) * vgap, 1.6)  # the colour bar needs some height
+    width = left + per_line * pw + (per_line - 1) * gap + right
+    height = top + body + bottom
+    fig = _figure((width, height))
+    image = None
+    for p in range(n_panels):
+        line, slot = divmod(p, per_line)
+        x0 = left + slot * (pw + gap)
+        pad = (body - n_lines * ph - (n_lines - 1) * vgap) / 2  # a short strip sits mid-height
+        y0 = height - top - pad - (line + 1) * ph - line * vgap
+        ax = fig.add_axes((x0 / width, y0 / height, pw / width, ph / height))
+        image = ax.imshow(np.ma.masked_invalid(means[p]), cmap=cmap, norm=norm, aspect="auto",
+                          interpolation="nearest")
+        for (i, j), v in np.ndenumerate(means[p]):
+            if not np.isfinite(v):  # no run to average: hatched, clearly not a colour of the scale
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///",
+                                       edgecolor="0.75", linewidth=0))
+            dark = np.isfinite(v) and norm(v) < 0.6
+            colour = "w" if dark else "k"
+            main = f"{v:.3f}" if np.isfinite(v) else "n/a"
+            ax.text(j, i - 0.17, main, ha="center", va="center", fontsize=10, color=colour,
+                    fontweight="bold")
+            sub = f"± {stds[p, i, j]:.3f}" if np.isfinite(v) and np.isfinite(stds[p, i, j]) else ""
+            if sub:
+                ax.text(j, i + 0.1, sub, ha="center", va="center", fontsize=8, color=colour)
+            if notes[p, i, j]:
+                ax.text(j, i + 0.34, str(notes[p, i, j]), ha="center", va="center", fontsize=7,
+                        color=colour)
+            if highlight[p, i, j]:
+                ax.add_patch(Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False,
+                                       edgecolor=TIE_COLOUR, linewidth=2.5))
+        ax.set_xticks(range(n_cols), [str(c) for c in col_labels], fontsize=8)
+        ax.set_yticks(range(n_rows), [str(r) for r in row_labels] if slot == 0 else [], fontsize=8)
+        ax.tick_params(length=0)
+        ax.set_xlabel(col_name, fontsize=9, labelpad=2)
+        if slot == 0:
+            ax.set_ylabel(row_name, fontsize=9)
+        if panel_titles[p]:
+            ax.set_title(panel_titles[p], fontsize=9)
+    cax = fig.add_axes(((width - right + 0.25) / width, bottom / height, 0.16 / width, body / height))
+    bar = fig.colorbar(image, cax=cax, extend="min")
+    ticks = np.round(np.linspace(vmin, vmax, 6), 3)
+    bar.set_ticks(ticks, labels=[f"{t:g}" + (" chance" if np.isclose(t, chance) else "") for t in ticks])
+    if not np.isclose(ticks, chance).any():
+        bar.ax.axhline(chance, color="w", linewidth=1.5)
+    bar.ax.tick_params(labelsize=7)
+    bar.set_label(cbar_label, fontsize=8)
+    if title:
+        fig.text(0.5, 1 - 0.1 / height, title, ha="center", va="top", fontsize=9)
+    return fig
+
+
+def gallery_figure(images, titles, *, ncols=None, title="", tile=2.6) -> Figure:
+    """Tiles of images (each (H, W, 3|4) floats or uint8, e.g. decision-boundary PNGs) with titles.
+
+    ncols: tiles per line (default: up to 4); tile: inches per tile side.
+    """
+    images = list(images)
+    titles = list(titles)
+    if len(images) != len(titles) or not images:
+        raise ValueError(f"gallery needs one title per image and at least one image; got "
+                         f"{len(images)} images and {len(titles)} titles")
+    ncols = ncols or min(len(images), 4)
+    nlines = -(-len(images) // ncols)
+    head = 0.35 if title else 0.05
+    cap = 0.38  # inches for each tile's title (two short lines)
+    width, height = ncols * tile, head + nlines * (tile + cap)
+    fig = _figure((width, height))
+    for k, (img, text) in enumerate(zip(images, titles, strict=True)):
+        line, slot = divmod(k, ncols)
+        y0 = height - head - (line + 1) * (tile + cap)
+        ax = fig.add_axes((slot * tile / width, y0 / height, tile / width, tile / height))
+        ax.imshow(np.asarray(img), interpolation="antialiased")
+        ax.set_axis_off()
+        ax.set_title(text, fontsize=7.5, pad=2)
+    if title:
+        fig.text(0.5, 1 - 0.05 / height, title, ha="center", va="top", fontsize=10)
+    return fig
