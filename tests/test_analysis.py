@@ -70,8 +70,16 @@ def test_aggregate_seeds_math_on_a_hand_made_frame():
     assert np.isnan(agg.loc["xavier", "final/test_acc std"]) and agg.loc["xavier", "diverged"] == 0
     assert agg.loc["zeros", "count"] == agg.loc["zeros", "diverged"] == 1
     assert np.isnan(agg.loc["zeros", "final/test_acc mean"])
-    no_status = analysis.aggregate_seeds(frame.drop(columns="status"), by=["init"], metrics=["final/test_acc"])
+    no_status = analysis.aggregate_seeds(frame.drop(columns="status"), by=["init"],
+                                         metrics=["final/test_acc"])
     assert no_status["diverged"].eq(0).all() and no_status["count"].sum() == len(frame)
+
+
+def test_load_runs_columns_are_the_short_names_of_config_names():
+    from backprop_lab.config.names import SHORT_NAMES
+
+    assert set(analysis.PARAM_COLUMNS) == set(SHORT_NAMES.values())
+    assert all(SHORT_NAMES[dotted] == short for short, dotted in analysis.PARAM_COLUMNS.items())
 
 
 # --- on the real tiny sweep ----------------------------------------------------------------
@@ -87,7 +95,8 @@ def test_load_runs_one_row_per_child_with_real_types(store, runs):
     assert set(runs["seed"]) == set(DEFAULT_GRID["seed"])
     assert set(runs["lr"]) == set(DEFAULT_GRID["optim.lr"])
     assert set(runs["epochs"]) == {DEFAULT_EPOCHS} and set(runs["depth"]) == {1}
-    assert set(runs["dataset"]) == {"moons"} and set(runs["optimizer"]) == {"gd"}
+    assert set(runs["data"]) == {"moons"} and set(runs["opt"]) == {"gd"} and set(runs["act"]) == {"relu"}
+    assert set(runs["n_test"]) == {80}  # 400 points, test_fraction 0.2 (conf/data/moons.yaml)
     diverging = runs["lr"] == DIVERGING_LR
     assert set(runs.loc[diverging, "status"]) == {"diverged"} and diverging.sum() == len(runs) // 2
     assert set(runs.loc[~diverging, "status"]) == {"finished"}
@@ -104,7 +113,8 @@ def test_load_runs_one_row_per_child_with_real_types(store, runs):
         assert float(run.data.params["optim.lr"]) == row.lr
         assert int(run.data.params["model.width"]) == row.width
         assert run.data.tags["bpl.status"] == row.status
-        assert runs.loc[runs["run_id"] == row.run_id, "final/test_acc"].item() == run.data.metrics["final/test_acc"]
+        mine = runs.loc[runs["run_id"] == row.run_id, "final/test_acc"].item()
+        assert mine == run.data.metrics["final/test_acc"]
     # A diverged run skips its second check when its parameters are no longer finite.
     for when, checked in (("init", runs), ("trained", runs[~diverging])):
         assert checked[f"gradcheck/{when}/max_rel_err"].notna().all()
@@ -176,7 +186,8 @@ def test_aggregate_seeds_matches_direct_computation(runs):
     assert len(agg) == grid_size(DEFAULT_GRID) // len(DEFAULT_GRID["seed"])
     assert (agg["count"] == len(DEFAULT_GRID["seed"])).all()
     for row in agg.to_dict("records"):
-        group = runs[(runs["init"] == row["init"]) & (runs["lr"] == row["lr"]) & (runs["width"] == row["width"])]
+        group = runs[(runs["init"] == row["init"]) & (runs["lr"] == row["lr"])
+                     & (runs["width"] == row["width"])]
         values = group["final/test_acc"].to_numpy()
         assert row["count"] == len(values) and row["diverged"] == (group["status"] == "diverged").sum()
         if row["lr"] == DIVERGING_LR:  # every seed diverged: nothing to average (finite values exist)
@@ -190,9 +201,27 @@ def test_aggregate_seeds_matches_direct_computation(runs):
     by_init = analysis.aggregate_seeds(runs, by=["init"], metrics=["final/test_loss"]).set_index("init")
     for init, group in runs.groupby("init"):
         finished = group.loc[group["status"] == "finished", "final/test_loss"]
-        assert by_init.loc[init, "count"] == len(group) and by_init.loc[init, "diverged"] == len(group) - len(finished)
+        assert by_init.loc[init, "count"] == len(group)
+        assert by_init.loc[init, "diverged"] == len(group) - len(finished)
         assert by_init.loc[init, "final/test_loss mean"] == pytest.approx(finished.mean())
         assert by_init.loc[init, "final/test_loss mean"] < 10 < group["final/test_loss"].max()
+
+
+@pytest.mark.slow
+def test_summary_ranks_the_real_sweep_by_the_mean_over_seeds(runs):
+    keys = analysis.summary.swept_keys(runs)
+    assert keys == ["lr", "width", "init", "seed"]
+    table = analysis.summary.rank(runs, keys)  # n_test from load_runs' column
+    assert len(table) == grid_size(DEFAULT_GRID) // len(DEFAULT_GRID["seed"])
+    lost = table[table["lr"] == DIVERGING_LR]  # every seed diverged: counted, never ranked
+    assert (lost["n"] == 0).all() and (lost["n_diverged"] == 2).all() and lost["rank"].isna().all()
+    assert table["rank"].dropna().tolist() == list(range(1, len(table) - len(lost) + 1))
+    best = table.iloc[0]
+    mine = runs[(runs["lr"] == best["lr"]) & (runs["width"] == best["width"])
+                & (runs["init"] == best["init"])].set_index("run_id")
+    assert best["mean"] == pytest.approx(mine["final/test_acc"].mean()) and best["n"] == len(mine) == 2
+    assert mine.loc[best["best_run_id"], "final/test_acc"] == mine["final/test_acc"].max()
+    assert best["tied"] and (table["n_test"].dropna() == 80).all()
 
 
 @pytest.mark.slow

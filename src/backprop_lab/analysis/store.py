@@ -13,6 +13,9 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from backprop_lab.analysis import summary
+from backprop_lab.config.names import SHORT_NAMES
+
 # Before mlflow is imported: no outbound telemetry from a notebook kernel either.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -26,14 +29,12 @@ EXPERIMENT_PREFIX = "backprop-lab/"
 CURVE_METRICS = ("train/loss", "train/acc", "test/loss", "test/acc")
 # Run-level metrics kept as columns of load_runs; per-epoch ones live in load_histories.
 RUN_METRIC_PREFIXES = ("final/", "time/", "gradcheck/")
-# Tidy column -> the dotted config key (MLflow param) it is read from (conf/*.yaml).
-PARAM_COLUMNS = {"lr": "optim.lr", "width": "model.width", "depth": "model.depth",
-                 "init": "init.name", "optimizer": "optim.name", "dataset": "data.name",
-                 "seed": "seed", "activation": "model.activation", "epochs": "train.epochs"}
+# Column (the short name of config/names.py) -> the dotted config key (MLflow param) it is read from.
+PARAM_COLUMNS = {short: dotted for dotted, short in SHORT_NAMES.items()}
 COLUMN_TYPES = {"lr": "float64", "width": "Int64", "depth": "Int64", "seed": "Int64",
-                "epochs": "Int64", "init": "str", "optimizer": "str",
-                "dataset": "str", "activation": "str", "role": "str", "preset": "str",
-                "config_key": "str", "parent_run_id": "str"}
+                "epochs": "Int64", "n_test": "Int64", "init": "str", "opt": "str", "data": "str",
+                "act": "str", "role": "str", "preset": "str", "config_key": "str",
+                "parent_run_id": "str"}
 
 
 class AnalysisError(RuntimeError):
@@ -116,6 +117,7 @@ def _row(run) -> dict:
     hidden = cast_value(params.get("model.hidden_sizes"))
     if isinstance(hidden, list) and hidden:
         row["width"], row["depth"] = hidden[0], len(hidden)
+    row["n_test"] = _n_test(params)
     # bpl.status is the project's verdict; MLflow's own status covers runs that died early.
     row["status"] = tags.get("bpl.status") or run.info.status.lower()
     row["diverged_epoch"] = cast_value(tags.get("bpl.diverged_epoch"))
@@ -124,6 +126,14 @@ def _row(run) -> dict:
     row["start_time"] = run.info.start_time
     row.update({k: v for k, v in metrics.items() if k.startswith(RUN_METRIC_PREFIXES)})
     return row
+
+
+def _n_test(params: dict) -> int | None:
+    """Test points of the run's data set, as core.data.load_dataset splits them: round(frac * n)."""
+    n, frac = cast_value(params.get("data.n_samples")), cast_value(params.get("data.test_fraction"))
+    if isinstance(n, int) and isinstance(frac, (int, float)) and not isinstance(frac, bool):
+        return round(frac * n)
+    return None
 
 
 def _reused_runs(client: MlflowClient, parent, have: set[str]) -> list:
@@ -150,8 +160,9 @@ def load_runs(tracking_uri: str, experiment: str | None = None,
               parent_run_id: str | None = None) -> pd.DataFrame:
     """One row per run (parents excluded) of an experiment, or the children of one sweep.
 
-    Columns: run_id, run_name, parent_run_id, lr, width, depth, init, optimizer, dataset,
-    seed, activation, epochs (cast to their real types), status (`bpl.status`),
+    Columns: run_id, run_name, parent_run_id, the config keys under their short names of
+    config/names.py (lr, width, depth, init, opt, data, act, epochs, seed; cast to their real
+    types), n_test (test points of the data set), status (`bpl.status`),
     diverged_epoch, role, preset, config_key, start_time, reused (a sweep's job that reused
     the FINISHED run of an earlier sweep, listed in its `sweep/children.csv`), then every
     `final/*`, `time/*` and `gradcheck/*` metric under its MLflow name. Sorted by start time.
@@ -180,7 +191,7 @@ def load_runs(tracking_uri: str, experiment: str | None = None,
     reused_ids = {r.info.run_id for r in reused} if parent_run_id else set()
     frame = pd.DataFrame([_row(r) for r in runs])
     frame["reused"] = frame["run_id"].isin(reused_ids)
-    frame = frame.astype({c: t for c, t in COLUMN_TYPES.items()})
+    frame = frame.astype({c: t for c, t in COLUMN_TYPES.items() if c in frame.columns})
     frame["diverged_epoch"] = frame["diverged_epoch"].astype("Int64")
     frame["start_time"] = pd.to_datetime(frame["start_time"], unit="ms")
     return frame.sort_values("start_time", ignore_index=True)
@@ -258,23 +269,26 @@ def aggregate_seeds(runs: pd.DataFrame, by=("lr", "width", "init"),
                     metrics=("final/test_acc", "final/test_loss")) -> pd.DataFrame:
     """Mean, sample std (ddof=1; NaN for a single value) and count of `metrics` per group.
 
-    Returns one row per group: the `by` columns, `count` (runs in the group), `diverged` (how
-    many of them have status "diverged"), then `<metric> mean` and `<metric> std` per metric.
-    Left out of mean and std: NaN values (failed runs) and every value of a diverged run, whose
-    final/* only repeat its last finite epoch (losses ~1e300 just before the overflow); a group
-    whose runs all diverged gets NaN.
+    `analysis.summary.rank` once per metric, so its rules hold: diverged runs (their final/* only
+    repeat the last epoch before the overflow) and failed ones (NaN) are counted, never averaged;
+    a group whose runs all diverged gets NaN. One row per group, sorted by `by`: the `by` columns,
+    `count` (runs in the group), `diverged` (how many of them diverged), then `<metric> mean` and
+    `<metric> std` per metric. For rankings and ties use `summary.rank` itself.
     """
-    by = list(by)
-    diverged = runs["status"].eq("diverged") if "status" in runs else pd.Series(False, runs.index)
-    scored = runs[by].assign(diverged=diverged.astype(int),
-                             **{m: runs[m].mask(diverged) for m in metrics})
-    grouped = scored.groupby(by, dropna=False, observed=True)
-    out = grouped.size().rename("count").to_frame()
-    out["diverged"] = grouped["diverged"].sum()
+    if "status" not in runs.columns:
+        runs = runs.assign(status="finished")
+    out = None
     for metric in metrics:
-        out[f"{metric} mean"] = grouped[metric].mean()
-        out[f"{metric} std"] = grouped[metric].std(ddof=1)
-    return out.reset_index()
+        table = summary.rank(runs, by, metric=metric, secondary=metric)
+        keys = table.attrs["keys"]
+        part = table[keys].assign(**{f"{metric} mean": table["mean"], f"{metric} std": table["std"]})
+        if out is None:
+            out = part.assign(count=table["n"] + table["n_diverged"] + table["n_failed"],
+                              diverged=table["n_diverged"])
+        else:
+            out = out.merge(part, on=keys, how="outer")
+    columns = [*keys, "count", "diverged", *(f"{m} {s}" for m in metrics for s in ("mean", "std"))]
+    return out[columns].sort_values(keys, ignore_index=True)
 
 
 def gradcheck_long(runs: pd.DataFrame) -> pd.DataFrame:
