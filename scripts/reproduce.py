@@ -27,7 +27,8 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from backprop_lab.tracking import client as tracking  # noqa: E402  (before mlflow: telemetry off)
-from backprop_lab.config.schema import ConfigError, validate  # noqa: E402
+from backprop_lab.config.schema import ConfigError, redact, validate  # noqa: E402
+from backprop_lab.tracking.sqlite_file import check_sqlite_store  # noqa: E402
 
 NOT_COMPARED = ("time/",)  # wall-clock seconds differ from run to run by nature
 
@@ -43,6 +44,11 @@ def open_store(uri: str | None):
     if db is not None and not db.is_file():
         raise ReproduceError(f"tracking store {uri} does not exist; pass --tracking-uri or set "
                              "MLFLOW_TRACKING_URI to the store that holds the run")
+    if db is not None:
+        try:
+            check_sqlite_store(db)  # damaged or foreign file: one line, not MLflow's retries
+        except tracking.StoreError as exc:
+            raise ReproduceError(str(exc)) from None
     if uri.startswith(("http://", "https://")):
         try:
             tracking.check_server(uri)
@@ -61,15 +67,22 @@ def load_run(client, uri: str, run_id: str, folder: Path):
     if run.data.tags.get("bpl.role") == "parent":
         raise ReproduceError(f"run {run_id} is a sweep parent; pass one of its children "
                              "(see its sweep/children.csv)")
+    if run.info.status != "FINISHED":
+        raise ReproduceError(f"run {run_id} ended {run.info.status}, not FINISHED; only runs that "
+                             "finished (or diverged) can be reproduced")
     try:
         local = Path(client.download_artifacts(run_id, "config", str(folder)))
         rc = validate(yaml.safe_load((local / "config.yaml").read_text()))
     except (tracking.MlflowException, OSError):
-        raise ReproduceError(f"run {run_id} has no config/config.yaml artifact (status "
-                             f"{run.info.status}); only runs that finished can be reproduced") from None
+        raise ReproduceError(missing_artifact(run, "config/config.yaml")) from None
     except ConfigError as exc:
         raise ReproduceError(f"run {run_id}: stored config no longer valid: {exc}") from None
     return run, rc
+
+
+def missing_artifact(run, path: str) -> str:
+    return (f"run {run.info.run_id}: artifact {path} is missing from {run.info.artifact_uri} "
+            "(deleted or moved?); without it the run cannot be compared")
 
 
 def recompute(rc):
@@ -119,13 +132,19 @@ def compare_metrics(client, run, outcome) -> tuple[str | None, int]:
     return None, n
 
 
-def compare_artifacts(client, run_id: str, outcome, folder: Path) -> str | None:
-    """history.csv (float64 exactly, %.17g round-trips) and params.npz (bit for bit)."""
-    try:
-        csv_path = Path(client.download_artifacts(run_id, "history.csv", str(folder)))
-        npz_path = Path(client.download_artifacts(run_id, "params.npz", str(folder)))
-    except (tracking.MlflowException, OSError):
-        return "history.csv or params.npz artifact missing"
+def compare_artifacts(client, run, outcome, folder: Path) -> str | None:
+    """history.csv (float64 exactly, %.17g round-trips) and params.npz (bit for bit).
+
+    Raises ReproduceError naming the artifact when one is missing (nothing to compare with).
+    """
+    run_id = run.info.run_id
+    paths = {}
+    for name in ("history.csv", "params.npz"):
+        try:
+            paths[name] = Path(client.download_artifacts(run_id, name, str(folder)))
+        except (tracking.MlflowException, OSError):
+            raise ReproduceError(missing_artifact(run, name)) from None
+    csv_path, npz_path = paths["history.csv"], paths["params.npz"]
     header = csv_path.read_text().splitlines()[0].split(",")
     logged = np.loadtxt(csv_path, delimiter=",", skiprows=1, ndmin=2)  # (E, M+1)
     names = ["epoch"] + [k for k in outcome.history if k != "epoch"]
@@ -153,7 +172,7 @@ def reproduce(run_id: str, uri: str | None = None, out=sys.stdout) -> int:
         run, rc = load_run(client, uri, run_id, Path(tmp))
         outcome = recompute(rc)
         diff, n = compare_metrics(client, run, outcome)
-        diff = diff or compare_artifacts(client, run_id, outcome, Path(tmp))
+        diff = diff or compare_artifacts(client, run, outcome, Path(tmp))
     name = f"run {run_id} ({run.info.run_name})"
     logged_at = (run.data.tags.get("bpl.git_commit"), run.data.tags.get("bpl.git_dirty"))
     now = tracking.environment_tags()
@@ -180,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return reproduce(args.run_id, args.tracking_uri)
     except ReproduceError as exc:
-        print(f"reproduce: {exc}", file=sys.stderr)
+        print(f"reproduce: {redact(str(exc))}", file=sys.stderr)
         return 2
 
 

@@ -33,7 +33,13 @@ def precheck(argv: list[str]) -> None:
     only its preset choice is checked here; the sweep callback validates every job up front.
     """
     from backprop_lab.config.overrides import ConfigError, check_overrides
+    from backprop_lab.config.schema import check_ascii
 
+    try:  # every value, swept ones included: Hydra's lexer message for `０.１` is unusable
+        check_ascii([a for a in argv if not a.startswith("-")])
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(2)
     overrides = [a for a in argv if not a.startswith("-")]
     if len(overrides) != len(argv):  # --multirun, -m, --cfg ...
         overrides = [a for a in overrides if a.lstrip("+").startswith("sweep=")]

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import unicodedata
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DATASETS = ("blobs", "moons", "circles", "xor", "spirals")
 INIT_SCHEMES = ("he", "xavier", "xavier_uniform", "lecun", "normal", "zeros", "he_lecun_output")
@@ -26,9 +28,36 @@ GRADCHECK_MODES = ("auto", "full", "directional")
 # Keys that do not change what a run computes: excluded from the config key.
 NON_SEMANTIC_KEYS = ("tracking", "force", "experiment_name", "sweep", "blas_threads")
 
+# Upper bounds that catch typos before they cost memory or hours (docs/reliability.md).
+# The history keeps every logged epoch (one float per series, in memory and in the store, and
+# train() lays out the logged epochs before the first one): 1e6 epochs is ~1e7 metric rows.
+MAX_EPOCHS = 1_000_000
+# A plain MLP (no normalisation, no residuals) deeper than this does not train, and the
+# gradient check costs forward passes per parameter tensor (two per layer).
+MAX_DEPTH = 100
+# Central differences in float64: round-off grows like eps/h (h=1e-10: ~1e-6 relative, the
+# check's own threshold) and truncation like h**2 (h=1e-2: ~1e-4 on tanh/sigmoid).
+GRADCHECK_H_RANGE = (1e-10, 1e-2)
+# MLflow's own limit (mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH; a test pins it).
+MAX_EXPERIMENT_NAME_LENGTH = 500
+
+# user:password@ in a URI (tracking server with basic auth): never shown, never logged.
+_CREDENTIALS = re.compile(r"(?<=://)[^/\s@:]*:[^/\s@]*@")
+
+
+def redact(text: str) -> str:
+    """`text` with every `scheme://user:password@` shown as `scheme://***@`."""
+    return _CREDENTIALS.sub("***@", str(text))
+
 
 class UserError(Exception):
-    """An error the user can fix (bad config, unusable store); `str()` is one line."""
+    """An error the user can fix (bad config, unusable store); `str()` is one line.
+
+    Any credentials in a URI inside the message are redacted here, once for all subclasses.
+    """
+
+    def __init__(self, *args: Any):
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(UserError, ValueError):
@@ -59,15 +88,16 @@ class _Section(BaseModel):
 
 
 PosInt = Annotated[int, Field(ge=1)]
-PosFloat = Annotated[float, Field(gt=0)]
-Beta = Annotated[float, Field(ge=0, lt=1)]
+# inf and nan (`optim.lr=inf`, `1e400`, `nan`) are refused: every job would train to nothing.
+PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Beta = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
 
 
 class DataConfig(_Section):
     name: Literal[DATASETS]
     n_samples: Annotated[int, Field(ge=4)] = 400
-    noise: Annotated[float, Field(ge=0)] = 1.0
-    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    noise: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
+    test_fraction: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] = 0.2
 
     @model_validator(mode="after")
     def _both_splits_non_empty(self) -> DataConfig:
@@ -94,9 +124,25 @@ class ModelConfig(_Section):
         if isinstance(data, Mapping) and data.get("hidden_sizes") is None:
             width, depth = data.get("width", 10), data.get("depth", 1)
             # Leave bad widths/depths to the field checks, which name the right key.
-            if isinstance(width, int) and isinstance(depth, int) and width >= 1 and depth >= 1:
+            if isinstance(width, int) and isinstance(depth, int) and width >= 1 and 1 <= depth <= MAX_DEPTH:
                 data = {**data, "hidden_sizes": [width] * depth}
         return data
+
+    @field_validator("depth")
+    @classmethod
+    def _depth_bounded(cls, depth: int) -> int:
+        if depth > MAX_DEPTH:
+            raise ValueError(f"model.depth={depth}: must be <= {MAX_DEPTH} (a plain MLP that deep "
+                             "does not train; the gradient check grows with every layer)")
+        return depth
+
+    @field_validator("hidden_sizes")
+    @classmethod
+    def _layers_bounded(cls, sizes: list[int] | None) -> list[int] | None:
+        if sizes is not None and len(sizes) > MAX_DEPTH:
+            raise ValueError(f"model.hidden_sizes=[{len(sizes)} layers]: at most {MAX_DEPTH} "
+                             "hidden layers (a plain MLP that deep does not train)")
+        return sizes
 
     def layer_sizes(self, n_inputs: int) -> tuple[int, ...]:
         """(D, H_1, ..., H_k, 1): one logit per sample."""
@@ -148,7 +194,7 @@ class AdamConfig(_Section):
 
 
 OptimConfig = Annotated[
-    Union[GDConfig, SGDConfig, MomentumConfig, NesterovConfig, AdamConfig],
+    GDConfig | SGDConfig | MomentumConfig | NesterovConfig | AdamConfig,
     Field(discriminator="name"),
 ]
 
@@ -163,9 +209,11 @@ class TrackingConfig(_Section):
     def _known_scheme(self) -> TrackingConfig:
         if self.uri is not None and not self.uri.startswith(("sqlite:///", "http://", "https://")):
             raise ValueError(
-                f"tracking.uri={self.uri}: must be sqlite:///<path> or http(s)://host:port "
+                f"tracking.uri={redact(self.uri)}: must be sqlite:///<path> or http(s)://host:port "
                 "(the ./mlruns file store is refused by MLflow >= 3.7)"
             )
+        if self.uri is not None and self.uri.rstrip("/") in ("sqlite:", "sqlite:/", "sqlite://"):
+            raise ValueError(f"tracking.uri={self.uri}: names no file; use sqlite:///path/to/mlflow.db")
         return self
 
 
@@ -173,6 +221,14 @@ class TrainConfig(_Section):
     epochs: PosInt = 1000
     dtype: Literal[DTYPES] = "float64"
     log_every: PosInt = 1
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs_bounded(cls, epochs: int) -> int:
+        if epochs > MAX_EPOCHS:
+            raise ValueError(f"train.epochs={epochs}: must be <= {MAX_EPOCHS:_} (every logged epoch "
+                             "is kept in memory and in the store; a longer run is a typo here)")
+        return epochs
 
 
 class GradcheckConfig(_Section):
@@ -183,6 +239,15 @@ class GradcheckConfig(_Section):
     threshold: PosFloat = 1e-6
     max_full_elements: PosInt = 5000
     n_directions: PosInt = 32
+
+    @field_validator("h")
+    @classmethod
+    def _h_in_range(cls, h: float) -> float:
+        lo, hi = GRADCHECK_H_RANGE
+        if not lo <= h <= hi:
+            raise ValueError(f"gradcheck.h={h:g}: must be in [{lo:g}, {hi:g}] (float64 central "
+                             "differences: smaller h drowns in round-off, larger in truncation)")
+        return h
 
 
 class RunConfig(_Section):
@@ -202,6 +267,31 @@ class RunConfig(_Section):
     gradcheck: GradcheckConfig = GradcheckConfig()
     # Whatever a sweep preset keeps under `sweep:` (not part of a run's identity).
     sweep: dict[str, Any] | None = None
+
+    @field_validator("experiment_name", mode="before")
+    @classmethod
+    def _experiment_name(cls, name: Any) -> Any:
+        return check_experiment_name(name)
+
+
+_NAME_HELP = (f"must be 1-{MAX_EXPERIMENT_NAME_LENGTH} characters, folders separated by '/', "
+              "e.g. backprop-lab/train")
+
+
+def check_experiment_name(name: Any) -> str:
+    """A valid MLflow experiment name whose artifact folder stays inside the artifact root."""
+    if not isinstance(name, str) or not name.strip():
+        shown = "null" if name is None else repr(name) if isinstance(name, str) else _show(name)
+        raise ValueError(f"experiment_name={shown}: {_NAME_HELP}")
+    if len(name) > MAX_EXPERIMENT_NAME_LENGTH:
+        raise ValueError(f"experiment_name={name[:20]}... ({len(name)} characters): {_NAME_HELP} "
+                         "(MLflow's limit)")
+    # The artifact folder is <artifact root>/<name>: no absolute paths, no '.'/'..' parts.
+    parts = name.split("/")
+    if name.startswith(("/", "~")) or "\\" in name or any(p in (".", "..") for p in parts):
+        raise ValueError(f"experiment_name={name}: no '..', '.', leading '/' or '\\' "
+                         f"(artifacts are stored under <artifact root>/<name>); {_NAME_HELP}")
+    return name
 
 
 # --------------------------------------------------------------------------- validation
@@ -250,13 +340,22 @@ def flatten(rc: RunConfig) -> dict[str, str]:
         elif isinstance(node, bool):
             out[prefix] = str(node).lower()
         else:
-            out[prefix] = str(node)
+            out[prefix] = redact(str(node))  # a tracking URI's password never reaches the store
 
     dump = rc.model_dump(mode="json")
     if dump.get("sweep") is None:
         dump.pop("sweep", None)
     walk("", dump)
     return out
+
+
+def public_dict(rc: RunConfig) -> dict[str, Any]:
+    """The whole config as plain data, credentials in URIs redacted (the config.yaml artifact)."""
+    dump = rc.model_dump(mode="json")
+    for key in ("uri", "artifact_root"):
+        if dump["tracking"].get(key):
+            dump["tracking"][key] = redact(dump["tracking"][key])
+    return dump
 
 
 def semantic_dict(rc: RunConfig) -> dict[str, Any]:
@@ -326,7 +425,8 @@ def one_line(exc: ValidationError) -> ConfigError:
     elif kind == "literal_error":
         reason = f"must be one of: {ctx.get('expected', '').replace(chr(39), '').replace(' or ', ', ')}"
     elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
+              "less_than_equal": "<="}[kind]
         bound = next(iter(ctx.values()))
         reason = f"must be {op} {bound:g}"
         section = _section_for(loc[:-1])
@@ -336,6 +436,8 @@ def one_line(exc: ValidationError) -> ConfigError:
             reason = f"must be {other}"
     elif kind.startswith("int_"):
         reason = "must be an integer"
+    elif kind == "finite_number":
+        reason = "must be a finite number"
     elif kind.startswith("float_"):
         reason = "must be a number"
     elif kind.startswith("bool_"):
@@ -373,4 +475,32 @@ class _Raw(ConfigError):
     def __init__(self, msg: str):
         key, _, reason = msg.partition(": ")
         self.key, self.value, self.reason = key.split("=")[0], _NO_VALUE, reason
-        ValueError.__init__(self, f"invalid config: {msg}")
+        ValueError.__init__(self, redact(f"invalid config: {msg}"))
+
+
+# --------------------------------------------------------------------------- command-line text
+
+
+def check_ascii(overrides: list[str]) -> None:
+    """Raise a one-line ConfigError for an override with non-ASCII characters outside quotes.
+
+    Hydra's override lexer rejects them with a message nobody can act on; full-width digits
+    (`optim.lr=０.１`, from an IME) look like numbers but are not. Quoted text
+    (`experiment_name='résumé'`) is Hydra's to accept. Run by scripts/train.py before Hydra.
+    """
+    for text in overrides:
+        unquoted = _QUOTED.sub("", text)
+        bad = next((ch for ch in unquoted if ord(ch) > 127), None)
+        if bad is None:
+            continue
+        key, sep, value = text.partition("=")
+        what = unicodedata.name(bad, f"U+{ord(bad):04X}").lower()
+        if unicodedata.category(bad) == "Nd":
+            hint = "type ASCII digits (0-9)"
+        else:
+            hint = "use ASCII characters, or quote text values ('...')"
+        raise ConfigError(key.lstrip("+~") if sep else "<command line>", value if sep else text,
+                          f"non-ASCII character {bad!r} ({what}); {hint}")
+
+
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")

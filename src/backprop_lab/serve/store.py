@@ -13,6 +13,9 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
+from backprop_lab.config.schema import redact
+from backprop_lab.tracking.sqlite_file import StoreError, check_sqlite_store
+
 # Database servers as backend stores (SQLAlchemy URI schemes, with or without +driver).
 SQL_SERVER_SCHEMES = ("postgresql", "mysql", "mssql")
 # Outbound look-ups off: MLflow telemetry, generic opt-out, Ray (if anything imports it).
@@ -25,7 +28,11 @@ QUIET_ENV = {
 
 
 class ServeError(RuntimeError):
-    """A problem the user can fix (busy port, unwritable store, ...); the message is one line."""
+    """A problem the user can fix (busy port, unwritable store, ...); the message is one line,
+    with any credentials in a URI redacted."""
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))
 
 
 def local_dir_of(uri: str) -> Path | None:
@@ -51,6 +58,10 @@ def check_store(store_uri: str, artifact_root: str) -> None:
         db = Path(store_uri[len("sqlite:///"):])
         if not db.is_absolute():
             raise ServeError(f"--store-uri {store_uri} must be absolute (sqlite:////abs/path/mlflow.db)")
+        try:  # a folder, random bytes, a damaged or foreign file, missing tables: refused now,
+            check_sqlite_store(db)  # not after ~100 s of MLflow's retries in the server
+        except StoreError as e:
+            raise ServeError(f"{str(e).replace('tracking.uri', '--store-uri')}") from None
         _ensure_writable_dir(db.parent, "store folder", "--store-uri")
         if db.exists() and not os.access(db, os.W_OK):
             raise ServeError(f"store {db} is read-only; pass a writable --store-uri")
@@ -85,15 +96,14 @@ def prepare_store(store_uri: str, artifact_root: str) -> None:
 
 
 def redact_uri(uri: str) -> str:
-    """`uri` with its password (user:PASSWORD@host) replaced by ***, for messages and logs."""
-    parsed = urlparse(uri)
-    if parsed.password is None:
-        return uri
-    return uri.replace(f":{parsed.password}@", ":***@", 1)
+    """`uri` with its credentials (user:PASSWORD@host) replaced by ***, for messages and logs."""
+    return redact(uri)
 
 
 def _scrub(text: str, uri: str) -> str:
+    """`text` without the credentials of `uri`, wherever (and however) they appear in it."""
     password = urlparse(uri).password
+    text = redact(text)
     return text.replace(password, "***") if password else text
 
 

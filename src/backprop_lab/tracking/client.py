@@ -125,10 +125,13 @@ def find_finished_run(client: MlflowClient, experiment_id: str, config_key: str)
 
 
 def round_sig(value: float, digits: int = 6) -> float:
-    """Round for display (the UI shows raw floats); the exact history is in history.csv."""
-    if value == 0 or not math.isfinite(value):
-        return float(value)
-    return float(f"{value:.{digits}g}")
+    """Round for display (the UI shows raw floats); the exact history is in history.csv.
+
+    The same arithmetic as round_sig_array, which rounds the histories: every logged value is
+    rounded by one function, so `make reproduce` can compare exactly (a decimal `:.6g` here
+    differed from it below ~1e-14 and above ~1e10).
+    """
+    return float(round_sig_array([value], digits)[0])
 
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from backprop_lab.config.schema import RunConfig, flatten
+from backprop_lab.config.schema import RunConfig, flatten, public_dict
 
 
 def train_and_log(client, info, rc: RunConfig, overrides, t0: float):
@@ -83,7 +83,7 @@ def _write_artifacts(folder: Path, rc: RunConfig, overrides, outcome,
     for name, png in figures.items():
         (folder / "plots" / f"{name}.png").write_bytes(png)
     (folder / "config" / "config.yaml").write_text(
-        yaml.safe_dump(rc.model_dump(mode="json"), sort_keys=False))
+        yaml.safe_dump(public_dict(rc), sort_keys=False))
     (folder / "config" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
     history = outcome.history
     names = ["epoch"] + [k for k in history if k != "epoch"]

@@ -79,9 +79,12 @@ def run(cfg: Any, job: JobContext | None = None, *, out=None) -> RunSummary:
     name = run_name(job.overrides, job.swept)
     try:
         rc = validate(cfg)
+        from backprop_lab.tracking import store  # no mlflow: a broken store fails before its import
+
+        uri, artifact_root = store.resolve_tracking(rc)
+        store.check_store_quickly(uri)
         from backprop_lab.tracking import client as tracking  # mlflow takes seconds to import: only for valid configs
 
-        uri, artifact_root = tracking.resolve_tracking(rc)
         client = tracking.prepare_store(uri, artifact_root)
         experiment_id = tracking.ensure_experiment(client, rc.experiment_name, artifact_root)
     except UserError as exc:

@@ -7,18 +7,20 @@ quickly. Problems end in `StoreError`, one line naming the path or URI. See docs
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import logging
 import os
-import socket
 import shutil
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from backprop_lab.config.schema import UserError
+from backprop_lab.config.schema import redact
+from backprop_lab.tracking.sqlite_file import StoreError, check_sqlite_store
 
 # Before mlflow is imported anywhere through us: no outbound telemetry, and a client that gives
 # up quickly on a dead server instead of retrying for minutes (users can still override these).
@@ -28,16 +30,34 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+# MLflow prints "View run ... at: <tracking URI>" for server runs: a password in the URI would be
+# printed with it, and a sweep's output is one line per run (ours).
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
-import mlflow  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
+if TYPE_CHECKING:  # mlflow is imported only when a store is opened (~3 s of CPU): the checks
+    from mlflow.tracking import MlflowClient  # above it (check_store_quickly) run without it
 
 HEALTH_TIMEOUT_S = 2.5
+# MLflow opens a SQL engine with up to 10 attempts and back-off (0.1 * (2**n - 1) s: ~100 s in
+# all) before it says why. A local file does not heal in 100 s: one short retry is enough.
+ENGINE_ATTEMPTS = 2
 
 
-class StoreError(UserError, RuntimeError):
-    """The tracking store cannot be used; `str()` is one line naming the URI or path."""
+def bound_engine_retries(attempts: int = ENGINE_ATTEMPTS) -> bool:
+    """Cap MLflow's engine retries (private `mlflow.store.db.utils.MAX_RETRY_COUNT`).
+
+    False when that constant is gone (another MLflow): then the retries are MLflow's own, and
+    `check_sqlite_store` still refuses the broken files we know of before MLflow opens them.
+    """
+    try:
+        from mlflow.store.db import utils as db_utils
+    except ImportError:
+        return False
+    if not isinstance(getattr(db_utils, "MAX_RETRY_COUNT", None), int):
+        return False
+    db_utils.MAX_RETRY_COUNT = attempts
+    return True
+
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -66,6 +86,19 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
+def check_store_quickly(uri: str) -> None:
+    """The checks that need no mlflow import: a SQLite file read-only, or one GET /health.
+
+    Run before `tracking.client` is imported, so a broken store or a dead server ends in one
+    line within a second or two, not after mlflow's import. prepare_store runs them again.
+    """
+    db = sqlite_path(uri)
+    if db is not None:
+        check_sqlite_store(db)
+    elif uri.startswith(("http://", "https://")):
+        check_server(uri)
+
+
 def prepare_store(uri: str, artifact_root: str | None = None) -> MlflowClient:
     """Create (or check) the store once, in this process, and return a client for it.
 
@@ -76,6 +109,9 @@ def prepare_store(uri: str, artifact_root: str | None = None) -> MlflowClient:
     A SQLite store already prepared by this process (same file, same artifact root) is not
     checked again: every job of a sweep calls this, and the checks cost a query and two probes.
     """
+    from mlflow.tracking import MlflowClient
+
+    bound_engine_retries()
     # "Creating initial MLflow database tables..." is noise in a sweep's one-line-per-run output.
     for name in ("mlflow.store.db.utils", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -85,6 +121,7 @@ def prepare_store(uri: str, artifact_root: str | None = None) -> MlflowClient:
     if known is not None and known[0] == file_id(db):
         return known[1]
     if db is not None:
+        check_sqlite_store(db)  # before anything writes: refused stores stay as they were
         _sqlite_sync_normal()
         _check_writable_dir(db.parent, f"SQLite store {db}")
         if db.exists() and not os.access(db, os.W_OK):
@@ -100,9 +137,7 @@ def prepare_store(uri: str, artifact_root: str | None = None) -> MlflowClient:
     client = MlflowClient(tracking_uri=uri)
     try:
         client.search_experiments(max_results=1)  # builds the SQLite schema on first use
-    except MlflowException as exc:
-        raise StoreError(f"tracking store {uri} cannot be opened: {_first_line(exc)}") from None
-    except Exception as exc:  # sqlite/sqlalchemy errors (locked, corrupt, read-only file)
+    except Exception as exc:  # MlflowException, sqlite/sqlalchemy errors (locked, read-only file)
         raise StoreError(f"tracking store {uri} cannot be opened: {_first_line(exc)}") from None
     identity = file_id(db) if db is not None else None
     if identity is not None:
@@ -164,6 +199,10 @@ def _schema_template() -> Path | None:
     store (each test, each cold benchmark). Copying a migrated empty file takes milliseconds.
     None when no cache folder is writable (then MLflow migrates the new file itself).
     """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "backprop-lab"
     template = cache / f"mlflow-{mlflow.__version__}-schema.db"
     if template.is_file():
@@ -222,22 +261,47 @@ def _check_writable_dir(folder: Path, what: str) -> None:
                          "pick a writable path") from None
 
 
+def health_request(uri: str) -> urllib.request.Request:
+    """GET <server>/health for a tracking URI, its credentials sent as MLflow sends them.
+
+    `http://user:password@host:port` is not a URL urllib can open (it would take
+    `user:password@host` for the host): the credentials leave the URL and go in a basic-auth
+    header, as MLflow's client does; MLFLOW_TRACKING_USERNAME / _PASSWORD win, as in MLflow.
+    """
+    parsed = urllib.parse.urlsplit(uri)
+    host = parsed.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parsed.port is not None:
+        netloc += f":{parsed.port}"
+    url = urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path.rstrip("/") + "/health", "", ""))
+    request = urllib.request.Request(url)
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or urllib.parse.unquote(parsed.username or "")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or urllib.parse.unquote(parsed.password or "")
+    if user or password:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    return request
+
+
 def check_server(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
-    """One GET <uri>/health; raise StoreError naming the URI if it does not answer 200."""
-    url = uri.rstrip("/") + "/health"
+    """One GET <uri>/health; raise StoreError naming the URI (password hidden) unless 200."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (user's own server)
+        request = health_request(uri)
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # the user's own server
             if resp.status == 200:
                 return
             reason = f"HTTP {resp.status}"
     except urllib.error.HTTPError as exc:
-        reason = f"HTTP {exc.code}"
-    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as exc:
+        reason = f"HTTP {exc.code}" + (": check MLFLOW_TRACKING_USERNAME/PASSWORD" if exc.code in (401, 403)
+                                       else "")
+    except ValueError as exc:  # a port that is not a number, an unknown scheme
+        reason = f"bad URI: {exc}"
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
         reason = str(getattr(exc, "reason", exc)) or type(exc).__name__
-    raise StoreError(f"tracking server {uri} is not reachable ({reason}); "
+    raise StoreError(f"tracking server {redact(uri)} is not reachable ({redact(reason)}); "
                      "start it with `make server` or set tracking.uri / MLFLOW_TRACKING_URI")
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = redact(str(exc).strip())
     return text.splitlines()[0][:300] if text else type(exc).__name__
