@@ -13,7 +13,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from backprop_lab.analysis import summary
+from backprop_lab.analysis.summary import rank
 from backprop_lab.config.names import SHORT_NAMES
 
 # Before mlflow is imported: no outbound telemetry from a notebook kernel either.
@@ -279,7 +279,7 @@ def aggregate_seeds(runs: pd.DataFrame, by=("lr", "width", "init"),
         runs = runs.assign(status="finished")
     out = None
     for metric in metrics:
-        table = summary.rank(runs, by, metric=metric, secondary=metric)
+        table = rank(runs, by, metric=metric, secondary=metric)
         keys = table.attrs["keys"]
         part = table[keys].assign(**{f"{metric} mean": table["mean"], f"{metric} std": table["std"]})
         if out is None:
