@@ -5,7 +5,8 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PY := $(UV) run --locked --no-sync python
 SWEEP ?= default
-JOBS ?= 1
+# Jobs at once (hydra.launcher.n_jobs); empty: one per core (the backprop_lab launcher's default).
+JOBS ?=
 LAUNCHER ?= basic
 RAY_ADDRESS ?=
 ARGS ?=
@@ -43,7 +44,7 @@ train: setup ## One run with the defaults; overrides pass through: make train AR
 
 sweep: setup ## Run a sweep preset (SWEEP=default|seeds|datasets|optimizers|deep_init, JOBS=N, LAUNCHER=basic|ray|slurm, RAY_ADDRESS=host:port, ARGS=overrides)
 	@$(PY) scripts/train.py --multirun +sweep=$(SWEEP) \
-	  $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)) \
+	  $(if $(JOBS),hydra.launcher.n_jobs=$(JOBS)) \
 	  $(if $(filter ray,$(LAUNCHER)),hydra/launcher=ray_cluster $(if $(RAY_ADDRESS),hydra.launcher.ray.init.address=$(RAY_ADDRESS))) \
 	  $(if $(filter slurm,$(LAUNCHER)),hydra/launcher=slurm) $(ARGS)
 

@@ -237,6 +237,10 @@ def _history_pool() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="bpl-history")
 
 
+# A forked process (the sweep's workers) inherits the pool without its thread: it would never run.
+os.register_at_fork(after_in_child=_history_pool.cache_clear)
+
+
 def _insert_metric_rows(table, engine, run_id: str, timestamp_ms: int, rows: list, blob: str) -> None:
     """rows [(key, step, value), ...] (and the same as JSON, `blob`) into MLflow's metrics
     table in one transaction."""

@@ -1,0 +1,288 @@
+"""Hydra launcher: the jobs of a sweep on N long-lived workers forked after the driver's imports.
+
+A sweep's jobs are small (seconds each) and a new Python process that imports MLflow costs about
+as much as one job, so spawning workers (joblib's loky, Ray) pays the imports once per worker and
+pickles the job's context to it. Here the driver composes every job's config, imports what the
+jobs need (`preload`), then forks N workers with the 'fork' start method: each worker starts with
+the modules, the task function, Hydra's singletons and every job's config already in memory, and
+is fed job numbers through a pipe. Each job runs through Hydra's `run_job`, exactly as in
+BasicLauncher, and its JobReturn comes back pickled; `launch` returns them in job order.
+
+- n_jobs=1 (or a single job) runs the jobs in this process, like BasicLauncher.
+- A worker that dies (segfault, os._exit, OOM kill) fails its job (JobStatus.FAILED, the exit
+  code in the error) and is replaced; the other jobs go on.
+- Ctrl-C: each worker gets one SIGINT (a second, e.g. the terminal's, is ignored) so its job can
+  end its run as KILLED; after `grace_s` the survivors are terminated, then killed. No worker
+  outlives the driver: one whose driver vanished reads EOF on its pipe and exits.
+- Connections inherited through fork are never used: in each worker, SQLAlchemy engines created
+  by the driver (MLflow's SQLite stores) drop their pools without closing the driver's
+  connections (`Engine.dispose(close=False)`, SQLAlchemy's documented recipe for os.fork), so
+  every worker opens its own.
+
+POSIX only ('fork'); elsewhere n_jobs > 1 raises a one-line error naming another launcher.
+"""
+
+
+import copy
+import importlib
+import logging
+import os
+import pickle
+import signal
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+
+class WorkerDied(RuntimeError):
+    """A worker process ended while it ran a job (its return value never came back)."""
+
+
+class BackpropLabLauncher(Launcher):
+    def __init__(self, n_jobs: int | None = None, preload: Sequence[str] = (),
+                 composer: str | None = None, grace_s: float = 10.0) -> None:
+        super().__init__()
+        if n_jobs is not None and (not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs < 1):
+            raise ValueError(f"hydra.launcher.n_jobs={n_jobs!r}: expected a whole number >= 1, or null "
+                             "(one worker per core)")
+        self.n_jobs = n_jobs
+        self.preload = list(preload or ())
+        self.composer = composer
+        self.grace_s = float(grace_s)
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def workers_for(self, n_jobs: int) -> int:
+        """How many workers `launch` starts for n_jobs jobs (1: the jobs run in this process)."""
+        wanted = self.n_jobs if self.n_jobs is not None else (os.cpu_count() or 1)
+        return max(1, min(wanted, n_jobs))
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        compose = self._composer()
+        configs = []
+        for offset, overrides in enumerate(job_overrides):
+            idx = initial_job_idx + offset
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            cfg = compose(list(overrides))
+            with open_dict(cfg):
+                cfg.hydra.job.id = idx
+                cfg.hydra.job.num = idx
+            configs.append(cfg)
+        n_workers = self.workers_for(len(configs))
+        if n_workers == 1:
+            return [self._run(cfg) for cfg in configs]
+        if not hasattr(os, "fork"):
+            raise RuntimeError("hydra/launcher=backprop_lab with n_jobs > 1 needs os.fork (Linux, macOS); "
+                               "use hydra.launcher.n_jobs=1 or hydra/launcher=joblib")
+        for module in self.preload:
+            importlib.import_module(module)
+        return run_forked(self._run, configs, n_workers, self.grace_s)
+
+    def _composer(self) -> Callable[[list], DictConfig]:
+        assert self.config is not None and self.hydra_context is not None
+        if self.composer:
+            module, _, name = self.composer.rpartition(".")
+            return getattr(importlib.import_module(module), name)(self.config).compose
+        loader = self.hydra_context.config_loader
+        return lambda overrides: loader.load_sweep_config(self.config, overrides)
+
+    def _run(self, cfg: DictConfig) -> JobReturn:
+        assert self.config is not None and self.hydra_context is not None
+        ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
+                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return ret
+
+
+# --------------------------------------------------------------------------- the forked pool
+
+
+@dataclass
+class _Worker:
+    process: Any  # multiprocessing.Process (fork context)
+    conn: Any  # the driver's end of the worker's pipe
+    job: int | None = None  # the job it is running
+
+
+def run_forked(run_one: Callable[[DictConfig], JobReturn], configs: list, n_workers: int,
+               grace_s: float = 10.0) -> list[JobReturn]:
+    """run_one(configs[i]) for every i on n_workers forked processes; JobReturns in job order."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    ctx = multiprocessing.get_context("fork")
+    todo = deque(range(len(configs)))
+    results: list[JobReturn | None] = [None] * len(configs)
+    workers: list[_Worker] = []
+    engines = _sqlalchemy_engines()
+
+    def start() -> _Worker:
+        mine, theirs = ctx.Pipe()
+        others = [w.conn for w in workers] + [mine]  # the driver's ends, closed in the child
+        process = ctx.Process(target=_worker_main, args=(theirs, others, engines, run_one, configs),
+                              name=f"bpl-worker-{len(workers)}", daemon=True)
+        process.start()
+        theirs.close()
+        return _Worker(process, mine)
+
+    try:
+        while todo or any(w.job is not None for w in workers):
+            while todo and len(workers) < n_workers:
+                workers.append(start())
+            for w in workers:
+                if w.job is None and todo:
+                    w.job = todo.popleft()
+                    w.conn.send(w.job)
+            wait([w.conn for w in workers] + [w.process.sentinel for w in workers])
+            for w in list(workers):
+                done = _collect(w, configs, results)
+                if done:
+                    continue
+                if not w.process.is_alive():  # died: its job (if any) fails, a new worker takes over
+                    w.process.join()
+                    if w.job is not None:
+                        results[w.job] = _died(configs[w.job], w.process.exitcode)
+                    w.conn.close()
+                    workers.remove(w)
+    except BaseException:
+        _stop(workers, grace_s)
+        raise
+    for w in workers:  # all idle: ask them to leave, then reap them
+        try:
+            w.conn.send(None)
+        except OSError:
+            pass
+    for w in workers:
+        w.process.join(timeout=5)
+        if w.process.is_alive():
+            w.process.kill()
+            w.process.join()
+        w.conn.close()
+    return results  # type: ignore[return-value]
+
+
+def _collect(w: _Worker, configs: list, results: list) -> bool:
+    """Read the worker's finished job if it sent one; True when it did."""
+    try:
+        if not w.conn.poll():
+            return False
+        idx, payload = w.conn.recv()
+    except (EOFError, OSError):
+        return False
+    results[idx] = pickle.loads(payload)
+    w.job = None
+    return True
+
+
+def _died(cfg: DictConfig, exitcode: int | None) -> JobReturn:
+    how = f"signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
+    task = OmegaConf.to_container(cfg.hydra.overrides.task)
+    error = WorkerDied(f"job #{cfg.hydra.job.num} ({' '.join(task)}): its worker process died ({how})")
+    task_cfg = copy.deepcopy(cfg)  # as run_job returns it: the task's config, hydra's apart
+    with read_write(task_cfg), open_dict(task_cfg):
+        del task_cfg["hydra"]
+    return JobReturn(overrides=list(task), cfg=task_cfg, hydra_cfg=OmegaConf.create({"hydra": cfg.hydra}),
+                     working_dir=None, task_name=str(cfg.hydra.job.name), status=JobStatus.FAILED,
+                     _return_value=error)
+
+
+def _stop(workers: list[_Worker], grace_s: float) -> None:
+    """Ctrl-C (or any error) in the driver: SIGINT each worker, wait grace_s, then terminate, kill."""
+    import time
+
+    try:
+        for w in workers:
+            if w.process.is_alive() and w.process.pid is not None:
+                os.kill(w.process.pid, signal.SIGINT)
+        deadline = time.monotonic() + grace_s
+        for w in workers:
+            w.process.join(timeout=max(0.0, deadline - time.monotonic()))
+        for w in workers:
+            if w.process.is_alive():
+                w.process.terminate()
+        for w in workers:
+            w.process.join(timeout=2)
+    except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
+        pass
+    finally:
+        for w in workers:
+            if w.process.is_alive():
+                w.process.kill()
+            w.process.join()
+            w.conn.close()
+
+
+# --------------------------------------------------------------------------- in the worker
+
+
+def _worker_main(conn, driver_ends, engines, run_one, configs) -> None:
+    """Body of a forked worker: run the job numbers the driver sends until None or EOF."""
+    for end in driver_ends:  # else this worker would keep other workers' pipes open
+        end.close()
+    for engine in engines:  # the driver's pooled connections must not be used here
+        engine.dispose(close=False)
+    _interrupt_once()
+    try:
+        while True:
+            idx = conn.recv()
+            if idx is None:
+                return
+            conn.send((idx, _pickled(run_one(configs[idx]))))
+    except (KeyboardInterrupt, EOFError, BrokenPipeError):
+        return  # Ctrl-C (the job has ended its run), or the driver is gone
+
+
+def _interrupt_once() -> None:
+    """The first SIGINT raises KeyboardInterrupt; later ones (driver + terminal) are ignored, so
+    they cannot interrupt the job's clean-up."""
+    def handler(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+
+
+def _pickled(ret: JobReturn) -> bytes:
+    """The JobReturn as bytes; a value that cannot be pickled becomes a FAILED job saying so."""
+    try:
+        return pickle.dumps(ret)
+    except Exception as exc:
+        value = ret._return_value
+        what = "error" if ret.status == JobStatus.FAILED else "return value"
+        ret._return_value = RuntimeError(
+            f"the job's {what} ({type(value).__name__}: {value}) cannot be sent back from its worker: {exc}")
+        ret.status = JobStatus.FAILED
+        return pickle.dumps(ret)
+
+
+def _sqlalchemy_engines() -> list:
+    """Every SQLAlchemy Engine alive in the driver (MLflow keeps its own per store URI)."""
+    import sys
+
+    if "sqlalchemy" not in sys.modules:
+        return []
+    import gc
+
+    from sqlalchemy.engine import Engine
+
+    return [obj for obj in gc.get_objects() if isinstance(obj, Engine)]

@@ -1,0 +1,233 @@
+"""The backprop_lab launcher: jobs on forked workers, in job order, failures contained, Ctrl-C clean.
+
+Most tests drive the launcher in-process through a real Hydra context (composition, run_job) with
+tiny task functions; the workers are real forked processes. Two tests use real command lines: a
+SIGINT sent to a real multirun, and the project's sweep with n_jobs=1 vs 2 (bit-identical).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.utils import JobStatus
+from hydra.types import HydraContext, RunMode
+
+from hydra_plugins.backprop_lab_launcher.launcher import BackpropLabLauncher, WorkerDied
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+       "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO / "src")}
+
+
+@pytest.fixture
+def launch(tmp_path):
+    """launch(task, jobs, n_jobs) -> JobReturns, through a real Hydra context (empty app config)."""
+    from hydra._internal.callbacks import Callbacks
+
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "app.yaml").write_text("x: 0\n")
+
+    def run(task, jobs, n_jobs=2, **kwargs):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(str(tmp_path / "conf"), version_base="1.3"):
+            overrides = [f"hydra.sweep.dir={tmp_path / 'multirun'}", "hydra/launcher=backprop_lab_fork"]
+            cfg = GlobalHydra.instance().hydra.compose_config("app", overrides, run_mode=RunMode.MULTIRUN)
+            loader = GlobalHydra.instance().config_loader()
+            context = HydraContext(config_loader=loader, callbacks=Callbacks(cfg))
+            launcher = BackpropLabLauncher(n_jobs=n_jobs, **kwargs)
+            launcher.setup(hydra_context=context, task_function=task, config=cfg)
+            return launcher.launch([[f"x={x}"] for x in jobs], initial_job_idx=0)
+
+    yield run
+    GlobalHydra.instance().clear()
+
+
+def x_and_pid(cfg):
+    return cfg.x, os.getpid()
+
+
+def test_jobs_run_on_forked_workers_and_return_in_job_order(launch):
+    rets = launch(x_and_pid, [5, 4, 3, 2, 1, 0], n_jobs=2)
+    assert [r.status for r in rets] == [JobStatus.COMPLETED] * 6
+    assert [r.return_value[0] for r in rets] == [5, 4, 3, 2, 1, 0]
+    assert [r.overrides for r in rets] == [[f"x={x}"] for x in [5, 4, 3, 2, 1, 0]]
+    assert [r.hydra_cfg.hydra.job.num for r in rets] == list(range(6))
+    pids = {r.return_value[1] for r in rets}
+    assert len(pids) == 2 and os.getpid() not in pids
+
+
+def test_one_job_or_n_jobs_1_runs_in_this_process(launch):
+    assert {r.return_value[1] for r in launch(x_and_pid, [1, 2], n_jobs=1)} == {os.getpid()}
+    assert launch(x_and_pid, [7], n_jobs=2)[0].return_value == (7, os.getpid())
+
+
+def test_n_jobs_defaults_to_the_core_count_and_is_checked():
+    assert BackpropLabLauncher().workers_for(100) == (os.cpu_count() or 1)
+    assert BackpropLabLauncher(n_jobs=8).workers_for(3) == 3
+    for bad in (0, -1, "2", 1.5, True):
+        with pytest.raises(ValueError, match="hydra.launcher.n_jobs"):
+            BackpropLabLauncher(n_jobs=bad)
+
+
+def crash_on_2(cfg):
+    if cfg.x == 2:
+        os._exit(3)
+    if cfg.x == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return cfg.x
+
+
+def test_a_dead_worker_fails_its_job_and_the_others_go_on(launch):
+    rets = launch(crash_on_2, [0, 1, 2, 3, 4, 5], n_jobs=2)
+    ok, failed = JobStatus.COMPLETED, JobStatus.FAILED
+    assert [r.status for r in rets] == [ok, ok, failed, failed, ok, ok]
+    assert [rets[i].return_value for i in (0, 1, 4, 5)] == [0, 1, 4, 5]
+    # By name: Hydra's plugin scan executes the plugin's modules again (another class object).
+    assert type(rets[2]._return_value).__name__ == WorkerDied.__name__
+    assert "exit code 3" in str(rets[2]._return_value)
+    assert "signal 9" in str(rets[3]._return_value) and "x=3" in str(rets[3]._return_value)
+
+
+def raise_or_unpicklable(cfg):
+    if cfg.x == 1:
+        raise ValueError("bad x")
+    return (lambda: None) if cfg.x == 2 else cfg.x
+
+
+def test_errors_and_unpicklable_values_come_back_as_failed_jobs(launch):
+    rets = launch(raise_or_unpicklable, [0, 1, 2], n_jobs=2)
+    assert [r.status for r in rets] == [JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.FAILED]
+    assert isinstance(rets[1]._return_value, ValueError) and str(rets[1]._return_value) == "bad x"
+    assert "cannot be sent back from its worker" in str(rets[2]._return_value)
+
+
+def test_sqlite_store_from_forked_workers_uses_fresh_connections(launch, tmp_path):
+    """The driver has a pooled SQLite connection (prepare_store memoises its client); each worker
+    logs through the same memoised client, but on a pool of its own."""
+    from backprop_lab.tracking import client as tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = tracking.prepare_store(uri, str(tmp_path / "art"))
+    exp = tracking.ensure_experiment(client, "fork", str(tmp_path / "art"))
+    driver_pool = id(client._tracking_client.store.engine.pool)  # private: only to observe the pool
+
+    def log_one(cfg):
+        worker_client = tracking.prepare_store(uri, str(tmp_path / "art"))
+        run = worker_client.create_run(exp, run_name=f"x={cfg.x}")
+        worker_client.log_metric(run.info.run_id, "x", float(cfg.x))
+        worker_client.set_terminated(run.info.run_id)
+        return worker_client is client, id(worker_client._tracking_client.store.engine.pool)
+
+    rets = launch(log_one, list(range(6)), n_jobs=2)
+    assert all(r.status == JobStatus.COMPLETED for r in rets), [r._return_value for r in rets]
+    assert all(r.return_value[0] for r in rets)  # the inherited client ...
+    assert all(r.return_value[1] != driver_pool for r in rets)  # ... on a new pool
+    runs = client.search_runs([exp])
+    assert sorted(r.data.metrics["x"] for r in runs) == [float(x) for x in range(6)]
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+APP = """
+import os, sys, time, hydra
+@hydra.main(version_base="1.3", config_path=None)
+def main(cfg):
+    marks = os.environ["MARKS"]
+    open(os.path.join(marks, f"started-{os.getpid()}"), "w").close()
+    try:
+        time.sleep(60)
+    except KeyboardInterrupt:
+        time.sleep(0.5)  # a clean-up that a second SIGINT must not cut short
+        open(os.path.join(marks, f"cleaned-{os.getpid()}"), "w").close()
+        raise
+main()
+"""
+
+
+@pytest.mark.parametrize("to_group", [False, True], ids=["driver-only", "whole-group"])
+def test_sigint_stops_every_worker_cleanly(tmp_path, to_group):
+    (tmp_path / "app.py").write_text(textwrap.dedent(APP))
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    cmd = [sys.executable, str(tmp_path / "app.py"), "--multirun", "+x=1,2,3,4",
+           "hydra/launcher=backprop_lab_fork", "hydra.launcher.n_jobs=2",
+           f"hydra.sweep.dir={tmp_path / 'mr'}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**ENV, "MARKS": str(marks)}, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(marks.glob("started-*"))) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        workers = [int(p.name.split("-")[1]) for p in marks.glob("started-*")]
+        assert len(workers) == 2, proc.communicate()[1][-2000:] if proc.poll() is not None else "no workers"
+        if to_group:  # what a terminal's Ctrl-C does
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert sorted(int(p.name.split("-")[1]) for p in marks.glob("cleaned-*")) == sorted(workers), err[-2000:]
+    assert len(list(marks.glob("started-*"))) == 2  # no job started after Ctrl-C
+    for pid in workers:
+        assert not _alive(pid), f"worker {pid} outlived the driver"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def test_project_sweep_is_bit_identical_with_one_or_two_workers(tmp_path):
+    """The real `make sweep` command line, 4 jobs, n_jobs=1 vs 2: the same histories and finals."""
+    from mlflow import MlflowClient
+
+    results = {}
+    for n in (1, 2):
+        store = tmp_path / f"n{n}"
+        cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--multirun", "+sweep=default",
+               "init=he", "optim.lr=0.1", "model.width=2,16", "seed=0,1", "train.epochs=30",
+               f"hydra.launcher.n_jobs={n}", f"tracking.uri=sqlite:///{store / 'mlflow.db'}",
+               f"tracking.artifact_root={store / 'art'}", f"hydra.sweep.dir={store / 'multirun'}"]
+        proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+        exp = client.get_experiment_by_name("backprop-lab/default")
+        runs = client.search_runs([exp.experiment_id], "tags.`bpl.role` = 'child'")
+        assert len(runs) == 4
+        results[n] = {
+            r.data.tags["bpl.config_key"]: (
+                {k: v for k, v in r.data.metrics.items() if not k.startswith("time/")},
+                Path(client.download_artifacts(r.info.run_id, "history.csv",
+                                               str(store / r.info.run_id))).read_text(),
+            )
+            for r in runs
+        }
+    assert results[1].keys() == results[2].keys()
+    for key in results[1]:
+        assert results[1][key] == results[2][key]
+
+
+def test_history_writer_thread_works_in_workers_forked_after_the_driver_used_it(launch):
+    from backprop_lab.tracking import client as tracking
+
+    assert tracking._history_pool().submit(os.getpid).result() == os.getpid()  # the driver's thread
+
+    def submit(cfg):
+        return tracking._history_pool().submit(lambda: cfg.x).result(timeout=20)
+
+    rets = launch(submit, [1, 2], n_jobs=2)
+    assert [r.return_value for r in rets] == [1, 2], [r._return_value for r in rets]
