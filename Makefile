@@ -19,7 +19,7 @@ export DO_NOT_TRACK := true
 export RAY_USAGE_STATS_ENABLED := 0
 export BPL_DISTRIBUTED := $(DISTRIBUTED)
 
-.PHONY: help setup test test-distributed train sweep ui server notebooks lint bench bench-tracking bench-plots bench-launchers reproduce clean
+.PHONY: help setup test test-distributed train sweep ui server notebooks lint bench bench-tracking bench-plots bench-launchers bench-sweep reproduce clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -63,11 +63,14 @@ lint: setup ## Check that notebooks are stored without outputs
 bench: setup ## Engine speed: this MLP vs the notebook's loop vs scikit-learn
 	@$(PY) scripts/bench_engine.py $(ARGS)
 
-bench-launchers: setup ## Server/Ray start-up and one sweep with basic, joblib N=2, Ray
+bench-launchers: setup ## Server/Ray start-up and one sweep with basic, forked N=2, joblib N=2, Ray
 	@$(PY) scripts/bench_launchers.py $(ARGS)
 
 bench-tracking: setup ## Tracking overhead of the default sweep vs naive per-epoch logging
 	@$(PY) scripts/bench_tracking.py $(ARGS)
+
+bench-sweep: setup ## Issue 14: compute floor, cold sweep, scikit-learn peer, store bytes/run, 1,000-run curve (ARGS="--only floor,cold")
+	@$(PY) scripts/bench_sweep.py $(ARGS)
 
 bench-plots: setup ## Per-run figures: plain matplotlib vs the cached-figure renderer
 	@$(PY) scripts/bench_plots.py --blas-threads 1 $(ARGS)

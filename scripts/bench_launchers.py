@@ -1,5 +1,6 @@
 """Beyond one machine, in numbers: start-up of the tracking server and of a two-node Ray cluster,
-and the wall time of the same small sweep with the basic launcher, joblib (N=2) and Ray.
+and the wall time of the same small sweep with the basic launcher, the default forked launcher
+(N=2), joblib (N=2) and Ray.
 
     python scripts/bench_launchers.py                 # 4 jobs (4 seeds), 300 epochs each
     python scripts/bench_launchers.py --jobs 8 --epochs 1000
@@ -32,7 +33,8 @@ from local_ray import start_local_ray  # noqa: E402
 from backprop_lab.serve.server import free_port, start_mlflow  # noqa: E402
 
 LAUNCHERS = {
-    "basic": [],
+    "basic": ["hydra/launcher=basic"],
+    "forked N=2": ["hydra/launcher=backprop_lab", "hydra.launcher.n_jobs=2"],  # the default launcher
     "joblib N=2": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
     "ray 2 nodes": ["hydra/launcher=ray_cluster"],
 }

@@ -1,0 +1,371 @@
+"""A sweep at the speed of its compute (issue 14): floor, cold wall time, the peer, store, scale.
+
+    .venv/bin/python scripts/bench_sweep.py                       # everything (~5 min idle)
+    .venv/bin/python scripts/bench_sweep.py --only floor,cold,peer --repeat 3
+    .venv/bin/python scripts/bench_sweep.py --args seed=0,1,2     # extra overrides for the sweep
+
+Parts (--only, comma-separated):
+  floor   the sweep's runs through the core API alone (dataset, init, both gradient checks,
+          training; no Hydra, no MLflow), one after the other in this process.
+  imports a new interpreter that imports what a sweep imports (hydra, mlflow, numpy,
+          matplotlib, backprop_lab) and exits: the start-up share of the cold budget.
+  cold    `scripts/train.py --multirun +sweep=<preset>` in a new interpreter on a fresh SQLite
+          store, with the configured launcher (JOBS=<n> as `hydra.launcher.n_jobs`).
+  peer    what a user would pick instead: scikit-learn GridSearchCV over MLPClassifier with
+          `mlflow.sklearn.autolog()` (every configuration logged) on a fresh SQLite store, the
+          same number of configurations (lr x width x one more axis: random_state) and epochs.
+  store   store bytes per run at 200, 20,000 and 100,000 epochs (one run each, fresh store).
+  scale   a sweep of --scale-runs tiny runs: per-run overhead against run index (figure in
+          docs/img/), then analysis.load_runs of them.
+Each timed part runs --repeat times; the MINIMUM is reported (the machine is shared: the min is
+the least disturbed run). Targets: cold <= 0.7 x peer; cold <= 1.3 x floor + imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "RAY_USAGE_STATS_ENABLED": "0"}
+for _k, _v in TELEMETRY_OFF.items():
+    os.environ.setdefault(_k, _v)
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))
+PARTS = ("floor", "imports", "cold", "peer", "store", "scale")
+
+
+# --------------------------------------------------------------------------- the sweep's jobs
+
+
+def sweep_configs(preset: str, extra: list[str]) -> list[tuple[list[str], object]]:
+    """(overrides, RunConfig) of every job of the preset, as Hydra's basic sweeper crosses them."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from backprop_lab.config.schema import validate
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        base = compose("config", [f"+sweep={preset}"], return_hydra_config=True)
+        params = {k: str(v) for k, v in (base.hydra.sweeper.params or {}).items()}
+        for item in extra:
+            key, _, value = item.partition("=")
+            params[key] = value
+        parser = OverridesParser.create()
+        axes = []
+        for key, value in params.items():
+            override = parser.parse_override(f"{key}={value}")
+            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [value]
+            axes.append([f"{key}={v}" for v in values])
+        jobs = [list(combo) for combo in itertools.product(*axes)]
+        out = []
+        for overrides in jobs:
+            cfg = compose("config", [f"+sweep={preset}", *overrides])
+            out.append((overrides, validate(OmegaConf.to_container(cfg, resolve=True))))
+    GlobalHydra.instance().clear()
+    return out
+
+
+# --------------------------------------------------------------------------- parts
+
+
+def floor(configs) -> float:
+    """Seconds of the runs' compute through the core API alone, one process, one after the other."""
+    from threadpoolctl import threadpool_limits
+
+    from backprop_lab.core import compute
+    from backprop_lab.core.data import load_dataset
+    from backprop_lab.core.mlp import MLP
+    from backprop_lab.core.rng import make_rng
+
+    t = time.perf_counter()
+    with threadpool_limits(limits=1, user_api="blas"):  # as the runs do (blas_threads: 1)
+        for _, rc in configs:
+            ds = load_dataset(rc.data.name, rng=make_rng(rc.seed, "data"), dtype=rc.train.dtype,
+                              n_samples=rc.data.n_samples, noise=rc.data.noise,
+                              test_fraction=rc.data.test_fraction)
+            model = MLP(rc.model.layer_sizes(ds.X_train.shape[1]), activation=rc.model.activation)
+            compute.compute(rc, ds, model)
+    return time.perf_counter() - t
+
+
+IMPORTS = ("import hydra, mlflow, numpy, matplotlib, matplotlib.pyplot, sqlalchemy, pydantic; "
+           "import backprop_lab.tracking.run, backprop_lab.tracking.record, backprop_lab.figures.render")
+
+
+def imports() -> float:
+    """Wall seconds of a new interpreter importing what a sweep's driver imports."""
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", IMPORTS], check=True, env=_env())
+    return time.perf_counter() - t
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(REPO / "src")
+    return env
+
+
+def cold(tmp: Path, preset: str, extra: list[str], jobs: int | None) -> tuple[float, int, str]:
+    """Wall seconds of the sweep in a new interpreter on a fresh store; (wall, runs, tail of output)."""
+    store = tmp / f"cold-{time.monotonic_ns()}"
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--multirun", f"+sweep={preset}",
+           f"tracking.uri={uri}", f"tracking.artifact_root={store / 'art'}",
+           f"hydra.sweep.dir={store / 'sweep'}", *extra]
+    if jobs is not None:
+        cmd.append(f"hydra.launcher.n_jobs={jobs}")
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=tmp, env=_env(), capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        sys.exit(f"bench: the sweep failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}")
+    n_runs = _count_children(uri)
+    shutil.rmtree(store, ignore_errors=True)
+    return wall, n_runs, proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+
+
+def _count_children(uri: str) -> int:
+    import sqlite3
+
+    with sqlite3.connect(uri.removeprefix("sqlite:///")) as db:
+        return db.execute("select count(*) from tags where key = 'mlflow.parentRunId'").fetchone()[0]
+
+
+PEER = r"""
+import sys, time, warnings
+t0 = time.perf_counter()
+import mlflow, numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV, PredefinedSplit
+from sklearn.neural_network import MLPClassifier
+from sklearn.datasets import make_moons
+uri, epochs, lrs, widths, states = sys.argv[1], int(sys.argv[2]), *[eval(a) for a in sys.argv[3:6]]
+mlflow.set_tracking_uri(uri)
+mlflow.set_experiment("peer")
+mlflow.sklearn.autolog(max_tuning_runs=None, silent=True)
+X, y = make_moons(400, noise=0.1, random_state=0)
+fold = np.r_[np.full(320, -1), np.zeros(80)]  # one train/test split, as the sweep's runs
+mlp = MLPClassifier(activation="relu", solver="sgd", batch_size=320, momentum=0.0, alpha=0.0,
+                    learning_rate="constant", shuffle=False, max_iter=epochs, tol=0.0,
+                    n_iter_no_change=epochs + 1)
+grid = {"learning_rate_init": lrs, "hidden_layer_sizes": [(w,) for w in widths], "random_state": states}
+search = GridSearchCV(mlp, grid, cv=PredefinedSplit(fold), refit=False, n_jobs=1)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    search.fit(X, y)
+n = len(search.cv_results_["params"])
+print(n, time.perf_counter() - t0)
+"""
+
+
+def peer(tmp: Path, n_configs: int, epochs: int, lrs: list, widths: list) -> tuple[float, int]:
+    """Wall seconds of the scikit-learn + autolog sweep in a new interpreter on a fresh store."""
+    n_states = max(1, n_configs // (len(lrs) * len(widths)))
+    store = tmp / f"peer-{time.monotonic_ns()}"
+    store.mkdir()
+    cmd = [sys.executable, "-c", PEER, f"sqlite:///{store / 'mlflow.db'}", str(epochs),
+           repr(lrs), repr(widths), repr(list(range(n_states)))]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=store, env=_env(), capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        sys.exit(f"bench: the peer failed: {proc.stderr.strip()[-800:]}")
+    shutil.rmtree(store, ignore_errors=True)
+    return wall, int(proc.stdout.split()[0])
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="default", help="sweep preset (conf/sweep/<name>.yaml)")
+    ap.add_argument("--args", nargs="*", default=[], help="extra sweep overrides, e.g. seed=0,1,2")
+    ap.add_argument("--only", default=",".join(PARTS), help=f"parts to run, from {','.join(PARTS)}")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each timed part (the min is kept)")
+    ap.add_argument("--jobs", type=int, default=None, help="hydra.launcher.n_jobs of the cold sweep")
+    ap.add_argument("--scale-runs", type=int, default=1000)
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    args = ap.parse_args()
+    parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        sys.exit(f"bench: --only {','.join(unknown)}: valid parts are {','.join(PARTS)}")
+    if not (REPO / "conf" / "sweep" / f"{args.preset}.yaml").is_file():
+        sys.exit(f"bench: no sweep preset {args.preset!r} in conf/sweep/")
+
+    tmp = Path(tempfile.mkdtemp(prefix="bpl-bench-sweep-"))
+    res: dict = {"cpus": os.cpu_count(), "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+                 "repeat": args.repeat}
+    print(f"bench_sweep: +sweep={args.preset} {' '.join(args.args)}; {os.cpu_count()} cores, "
+          f"load {os.getloadavg()[0]:.1f}; min of {args.repeat}", flush=True)
+    try:
+        configs = sweep_configs(args.preset, args.args) if {"floor", "peer"} & set(parts) else []
+        if "floor" in parts:
+            res["floor_s"] = min(floor(configs) for _ in range(args.repeat))
+            print(f"  floor   {len(configs)} runs through the core API: {res['floor_s']:.2f} s", flush=True)
+        if "imports" in parts:
+            res["imports_s"] = min(imports() for _ in range(args.repeat))
+            print(f"  imports new interpreter + hydra/mlflow/numpy/matplotlib: {res['imports_s']:.2f} s",
+                  flush=True)
+        if "cold" in parts:
+            walls = [cold(tmp, args.preset, args.args, args.jobs) for _ in range(args.repeat)]
+            res["cold_s"], res["cold_runs"] = min(w[0] for w in walls), walls[0][1]
+            print(f"  cold    make sweep equivalent ({res['cold_runs']} runs): {res['cold_s']:.2f} s "
+                  f"(all: {', '.join(f'{w[0]:.1f}' for w in walls)})", flush=True)
+        if "peer" in parts:
+            lrs = sorted({rc.optim.lr for _, rc in configs})
+            widths = sorted({rc.model.width for _, rc in configs})
+            epochs = configs[0][1].train.epochs
+            walls = [peer(tmp, len(configs), epochs, lrs, widths) for _ in range(args.repeat)]
+            res["peer_s"], res["peer_configs"] = min(w[0] for w in walls), walls[0][1]
+            print(f"  peer    GridSearchCV(MLPClassifier) + mlflow.sklearn.autolog, "
+                  f"{res['peer_configs']} configs x {epochs} epochs: {res['peer_s']:.2f} s "
+                  f"(all: {', '.join(f'{w[0]:.1f}' for w in walls)})", flush=True)
+        if "store" in parts:
+            res["store_bytes_per_run"] = store_bytes(tmp)
+        if "scale" in parts:
+            res.update(scale(tmp, args.scale_runs))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _verdict(res)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
+
+
+def _verdict(res: dict) -> None:
+    if "cold_s" in res and "peer_s" in res:
+        ratio = res["cold_s"] / res["peer_s"]
+        print(f"  cold / peer = {ratio:.2f} (target <= 0.7): {'MET' if ratio <= 0.7 else 'MISS'}")
+    if {"cold_s", "floor_s", "imports_s"} <= res.keys():
+        budget = 1.3 * res["floor_s"] + res["imports_s"]
+        print(f"  cold / (1.3 x floor + imports) = {res['cold_s'] / budget:.2f} "
+              f"(budget {budget:.2f} s, target <= 1): {'MET' if res['cold_s'] <= budget else 'MISS'}")
+
+
+def store_bytes(tmp: Path, epochs_list=(200, 20_000, 100_000)) -> dict:
+    """Bytes one run adds to a fresh store (SQLite file + WAL, artifacts) at each epoch count."""
+    out = {}
+    for epochs in epochs_list:
+        store = tmp / f"store-{epochs}"
+        cmd = [sys.executable, str(REPO / "scripts" / "train.py"), f"train.epochs={epochs}",
+               f"tracking.uri=sqlite:///{store / 'mlflow.db'}", f"tracking.artifact_root={store / 'art'}",
+               "experiment_name=bench/store"]
+        proc = subprocess.run(cmd, cwd=tmp, env=_env(), capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"bench: the {epochs}-epoch run failed: {proc.stderr.strip()[-800:]}")
+        empty = tmp / "store-empty"
+        if not empty.exists():  # the schema alone, to subtract
+            code = "import sys; from backprop_lab.tracking import client as t; t.prepare_store(*sys.argv[1:])"
+            cmd = [sys.executable, "-c", code, f"sqlite:///{empty / 'mlflow.db'}", str(empty / "art")]
+            subprocess.run(cmd, env=_env(), check=True)
+        db = _bytes(store, "mlflow.db*") - _bytes(empty, "mlflow.db*")
+        art = _bytes(store / "art", "**/*")
+        out[epochs] = {"sqlite": db, "artifacts": art}
+        print(f"  store   {epochs:>7} epochs: SQLite +{db / 1e6:.2f} MB, artifacts {art / 1e6:.2f} MB",
+              flush=True)
+        shutil.rmtree(store, ignore_errors=True)
+    return out
+
+
+def _bytes(folder: Path, pattern: str) -> int:
+    return sum(p.stat().st_size for p in folder.glob(pattern) if p.is_file())
+
+
+def scale(tmp: Path, n_runs: int, epochs: int = 5) -> dict:
+    """A sweep of n_runs tiny runs (seed=0..n-1, gradient checks off); per-run overhead against
+    run index as a figure; then analysis.load_runs of the sweep, timed."""
+    store = tmp / "scale"
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--multirun", "+sweep=default",
+           "init=he", "optim.lr=0.1", "model.width=4", f"seed=range(0,{n_runs})", f"train.epochs={epochs}",
+           "gradcheck.enabled=false", f"tracking.uri={uri}", f"tracking.artifact_root={store / 'art'}",
+           f"hydra.sweep.dir={store / 'sweep'}", "experiment_name=bench/scale"]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=tmp, env=_env(), capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        sys.exit(f"bench: the {n_runs}-run sweep failed: {proc.stderr.strip()[-800:]}")
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("bench/scale")
+    runs = []
+    token = None
+    while True:
+        page = client.search_runs([exp.experiment_id], "tags.`bpl.role` = 'child'", max_results=1000,
+                                  page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            break
+    points = sorted((int(r.data.params["seed"]),
+                     r.data.metrics["time/wall_s"] - r.data.metrics.get("time/train_s", 0.0)
+                     - r.data.metrics.get("time/gradcheck_s", 0.0)) for r in runs)
+    first = [o for _, o in points[: max(1, len(points) // 10)]]
+    last = [o for _, o in points[-max(1, len(points) // 10):]]
+    med = _median
+    print(f"  scale   {len(runs)} runs x {epochs} epochs in {wall:.1f} s; per-run overhead "
+          f"(wall - compute): median of the first 10 % {med(first):.3f} s, "
+          f"of the last 10 % {med(last):.3f} s", flush=True)
+    figure = REPO / "docs" / "img" / "scale_overhead.png"
+    _scale_figure(points, figure, f"{len(runs)}-run sweep ({epochs} epochs each, {os.cpu_count()} cores)")
+    print(f"          figure: {figure.relative_to(REPO)}", flush=True)
+    from backprop_lab import analysis
+
+    loads = []
+    for _ in range(3):
+        t = time.perf_counter()
+        frame = analysis.load_runs(uri, "bench/scale")
+        loads.append(time.perf_counter() - t)
+    print(f"  load    analysis.load_runs of {len(frame)} runs: {min(loads):.2f} s "
+          f"(all: {', '.join(f'{x:.2f}' for x in loads)}; target <= 3 s)", flush=True)
+    shutil.rmtree(store, ignore_errors=True)
+    return {"scale_runs": len(runs), "scale_wall_s": wall, "scale_overhead_first10pct_s": med(first),
+            "scale_overhead_last10pct_s": med(last), "load_runs_s": min(loads), "load_runs_rows": len(frame)}
+
+
+def _median(values: list) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    return (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
+
+
+def _scale_figure(points: list, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    index = [i for i, _ in points]
+    overhead = [o for _, o in points]
+    window = max(1, len(points) // 50)
+    rolling = [_median(overhead[max(0, i - window):i + window + 1]) for i in range(len(overhead))]
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
+    ax.plot(index, overhead, ".", ms=2, alpha=0.35, color="tab:blue", label="one run")
+    ax.plot(index, rolling, color="tab:red", lw=1.5, label=f"rolling median ({2 * window + 1} runs)")
+    ax.set_xlabel("run index (seed)")
+    ax.set_ylabel("wall - compute per run (s)")
+    ax.set_ylim(0, max(rolling) * 3)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
