@@ -77,7 +77,7 @@ def test_parallel_workers_on_a_fresh_store(tmp_path, n_jobs):
     for attempt in range(REPEATS):
         folder = tmp_path / f"attempt{attempt}"
         folder.mkdir()
-        result = run_sweep(folder, "+sweep=default", "init=he", "optim.lr=0.1,1.0",
+        result = run_sweep(folder, "+sweep=default", "init=he", "seed=0", "optim.lr=0.1,1.0",
                            f"model.width={widths}", "train.epochs=10",
                            "hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}")
         assert result.returncode == 0, result.stderr[-3000:]
@@ -95,7 +95,7 @@ def test_parallel_workers_on_a_fresh_store(tmp_path, n_jobs):
 
 
 def test_resume_after_sigkill_skips_finished_kills_running_and_force_reruns(tmp_path):
-    args = ["+sweep=default", "init=he", "optim.lr=0.05,0.1,0.2", "model.width=16,24",
+    args = ["+sweep=default", "init=he", "seed=0", "optim.lr=0.05,0.1,0.2", "model.width=16,24",
             "train.epochs=4000"]
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--multirun", *args,
            *store_args(tmp_path)]

@@ -199,6 +199,12 @@ def test_deep_init_layout_rows_are_the_schemes():
     assert {lay.rows, lay.cols, *lay.panels} - {None} == set(keys)
 
 
+def test_default_sweep_has_at_least_three_seeds():
+    swept, _ = preset("default")
+    cfg = OmegaConf.load(CONF / "default.yaml")
+    assert len(str(cfg.hydra.sweeper.params.seed).split(",")) >= 3 and "seed" in swept
+
+
 # --------------------------------------------------------------------------- the readers
 
 DEFAULT_GRID = {"lr": [0.01, 0.1, 1.0], "width": [2, 4, 16, 64], "init": ["he", "xavier", "normal"]}

@@ -86,7 +86,7 @@ def test_every_preset_expands_and_validates(preset):
 
 
 def test_expansion_matches_basic_sweeper_order_and_command_line_wins():
-    jobs = compose_sweep("+sweep=default", "model.width=3,5", "train.epochs=7")
+    jobs = compose_sweep("+sweep=default", "model.width=3,5", "seed=0", "train.epochs=7")
     assert len(jobs) == 3 * 3 * 2  # the command line replaced the preset's widths
     assert {j.run_config.model.width for j in jobs} == {3, 5}
     assert {j.run_config.train.epochs for j in jobs} == {7}
@@ -132,7 +132,7 @@ def test_other_bad_values_are_caught_before_the_first_job(bad, expected):
 
 @pytest.mark.slow
 def test_bad_sweep_value_one_line_nonzero_nothing_written(tmp_path):
-    result = run_sweep(tmp_path, "+sweep=default", "optim.lr=0.1,-1")
+    result = run_sweep(tmp_path, "+sweep=default", "optim.lr=0.1,-1", "seed=0")
     assert result.returncode == 2, result.stderr
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, lines
@@ -155,7 +155,7 @@ def test_unknown_preset_nonzero_names_valid_presets_nothing_written(tmp_path):
 @pytest.mark.slow
 def test_four_job_sweep_one_parent_four_children_summary(tmp_path):
     result = run_sweep(tmp_path, "+sweep=default", "init=he,xavier", "optim.lr=0.1,1.0",
-                       "model.width=3", "train.epochs=15")
+                       "model.width=3", "seed=0", "train.epochs=15")
     assert result.returncode == 0, result.stderr[-2000:]
     header = [ln for ln in result.stdout.splitlines() if ln.startswith("sweep default: 4 jobs, 0 already")]
     assert header and "new parent" in header[0] and "mlflow.db" in header[0]

@@ -43,7 +43,8 @@ pytestmark = [
 ]
 EPOCHS = 40
 # 2 learning rates x 2 widths, one init: a parent and four children on the default preset.
-SWEEP_OVERRIDES = ["+sweep=default", "init=he", "optim.lr=0.1,1.0", "model.width=2,16", f"train.epochs={EPOCHS}"]
+SWEEP_OVERRIDES = ["+sweep=default", "init=he", "seed=0", "optim.lr=0.1,1.0", "model.width=2,16",
+                   f"train.epochs={EPOCHS}"]
 
 
 @dataclass
