@@ -51,7 +51,8 @@ def test_exact_ties_are_one_group_ordered_by_the_stated_secondary():
     assert table["rank"].tolist() == [1, 2, 3]
     assert table["secondary"].tolist() == pytest.approx([0.1, 0.2, 0.1])
     text = summary.text_summary(runs, ["init", "seed"])
-    assert "Best: init=b, test acc 1.000 +- 0.000 (n=3); tied within one SE (1): init=a" in text
+    assert "Best: init=b, test acc 1.000 +- 0.000 (n=3); tied within one SE or test point: 1 more" in text
+    assert " 2= init=a " in text
     assert "ordered by lower test loss" in text
 
 
@@ -66,6 +67,13 @@ def test_within_one_combined_standard_error_is_a_tie_and_just_outside_is_not():
     assert table.loc["a", "sem"] == pytest.approx(0.04 / math.sqrt(3))
     assert table.loc["b", "tied"] and table.loc["b", "tie_group"] == 1
     assert not table.loc["c", "tied"] and table.loc["c", "tie_group"] == 2
+
+
+def test_one_test_point_is_the_least_bound_even_when_seeds_agree_exactly():
+    # Three seeds each, std 0: a SE alone would split 1.000 from 0.9875 (one of 80 test points).
+    runs = runs_of({"a": ok(1.0, 1.0, 1.0), "b": ok(0.9875, 0.9875, 0.9875), "c": ok(0.975, 0.975, 0.975)})
+    assert by(summary.rank(runs, ["init"], n_test=80))["tie_group"].to_dict() == {"a": 1, "b": 1, "c": 2}
+    assert by(summary.rank(runs, ["init"]))["tie_group"].to_dict() == {"a": 1, "b": 2, "c": 3}
 
 
 def test_a_tie_is_with_the_groups_leader_never_chained():
@@ -231,7 +239,7 @@ def test_text_summary_of_the_default_sweep_is_compact_and_names_the_tie():
     best = summary.rank(runs, ["lr", "width", "init"])
     tied = best[best["tied"]]
     assert len(tied) > 1  # several configurations reach 1.0 on every seed
-    assert f"tied within one SE ({len(tied) - 1})" in text
+    assert f"tied within one SE or test point: {len(tied) - 1} more" in text
 
 
 def test_summary_figure_one_shared_scale_from_chance_with_text_in_every_cell(tmp_path):
@@ -284,7 +292,7 @@ def test_note_markdown_answers_first_and_links_the_best_run():
     first = note.splitlines()[1]
     link = f"#/experiments/7/runs/{best['best_run_id']}"
     assert first.startswith(f"**Best: [{label}]({link}), test acc 1.000 ± 0.000 (n=3)")
-    assert "tied within one SE" in first
+    assert "tied within one SE or test point" in first
     assert "| rank | configuration | test acc mean ± std | n | test loss | best run |" in note
     assert "108 runs: 105 finished, 2 diverged, 1 failed" in note
     assert "lr=1.0 width=2 init=he (2/3)" in note
@@ -298,3 +306,15 @@ def test_gallery_figure_tiles_images_with_titles():
     assert all(len(ax.get_images()) == 1 for ax in fig.axes)
     with pytest.raises(ValueError, match="one title per image"):
         plots.gallery_figure(images, ["only one"])
+
+
+def test_gallery_picks_best_and_worst_configurations_with_titles():
+    runs = default_runs()
+    table = summary.rank(runs, ["lr", "width", "init"])
+    picks = summary.gallery_picks(table, n=2)
+    scored = table[table["n"] > 0]
+    assert picks["rank"].tolist() == [1, 2, len(scored) - 1, len(scored)]
+    best = summary.config_label(scored.iloc[0], ["lr", "width", "init"])
+    assert picks["title"].iloc[0].startswith(f"#1 {best}\n")
+    assert "(n=3), best seed" in picks["title"].iloc[0]
+    assert len(summary.gallery_picks(table.head(3), n=2)) == 3  # few configurations: each one

@@ -7,9 +7,20 @@ rankings and summaries (summary.py: `analysis.summary.rank`, `.answer`, `.summar
 from backprop_lab.analysis import summary
 from backprop_lab.analysis.plots import plot_curves, run_image
 from backprop_lab.analysis.store import (
-    CURVE_METRICS, EXPERIMENT_PREFIX, PARAM_COLUMNS, REPO_ROOT, AnalysisError, aggregate_seeds,
-    cast_value, default_tracking_uri, gradcheck_long, latest_sweep, load_histories, load_runs,
-    load_sweep, make_command,
+    CURVE_METRICS,
+    EXPERIMENT_PREFIX,
+    PARAM_COLUMNS,
+    REPO_ROOT,
+    AnalysisError,
+    aggregate_seeds,
+    cast_value,
+    default_tracking_uri,
+    gradcheck_long,
+    latest_sweep,
+    load_histories,
+    load_runs,
+    load_sweep,
+    make_command,
 )
 
 __all__ = [

@@ -20,6 +20,8 @@ API
 - :func:`summary_figure`, :func:`text_summary`, :func:`note_markdown`: the figure, the terminal's
   summary and the parent run's description (markdown), all from the same ranking.
 - :func:`swept_keys` (runs) -> the short-name columns that vary (for the notebooks).
+- :func:`gallery_picks` (ranking) -> the configurations (best and worst) whose decision boundaries
+  `figures.plots.gallery_figure` tiles, with their titles.
 
 The rules (:data:`RULE` says them in one sentence)
 - A configuration is one combination of `keys`; `seed` is never a key (a mean is over seeds).
@@ -27,9 +29,11 @@ The rules (:data:`RULE` says them in one sentence)
   run's own status when it diverged) with a finite metric. Diverged runs never enter a mean (their
   final/* repeat the last epoch before the overflow) nor do failed ones; both are counted.
 - `mean`, `std` (ddof=1; NaN for one run), `sem` = std / sqrt(n) of the metric over scored runs.
-- Ties: configurations a and b are tied when |mean_a - mean_b| <= sqrt(sem_a^2 + sem_b^2) (one
-  combined standard error); where either has a single scored run its SE is unknown and the bound is
-  at least one test point, 1 / n_test (without n_test only equal means tie). Groups form top-down:
+- Ties: configurations a and b are tied when |mean_a - mean_b| <= max(sqrt(sem_a^2 + sem_b^2),
+  1 / n_test): one combined standard error, never less than one test point. Accuracy is counted
+  in test points (80 on the default data: 1.25 % each), so three seeds often have std 0 and a SE
+  alone would split 1.000 from 0.988 ("one point better"); a single seed has no SE at all (the
+  test-point bound alone; without n_test only equal means tie). Groups form top-down:
   the highest mean leads group 1 and takes every configuration tied with it; the highest mean not
   yet placed leads group 2; and so on (a tie is with the group's leader, never chained).
 - Order: by tie group; inside a group by the secondary criterion, the mean final test loss
@@ -55,11 +59,11 @@ from backprop_lab.config.names import SHORT_NAMES, order, short_name
 METRIC = "final/test_acc"
 SECONDARY = "final/test_loss"
 SCORED_STATUSES = ("finished", "skipped")
-RULE = ("tied = means within one combined standard error sqrt(se_a^2 + se_b^2), or within one test "
-        "point (1/n_test) where a configuration has a single seed; within a tie, lower final test loss "
-        "first; diverged and failed runs are counted, never averaged")
-RULE_SHORT = ("tie = within one combined SE (one test point for a single seed); "
-              "in a tie, lower test loss first")
+RULE = ("tied = means within one combined standard error sqrt(se_a^2 + se_b^2), never less than one "
+        "test point (1/n_test; a single seed has no SE); within a tie, lower final test loss first; "
+        "diverged and failed runs are counted, never averaged")
+RULE_SHORT = "tie = within one combined SE, at least one test point; in a tie, lower test loss first"
+TIED = "tied within one SE or test point"
 # Human names of the metrics in sentences and labels.
 METRIC_LABELS = {"final/test_acc": "test acc", "final/test_loss": "test loss",
                  "final/train_acc": "train acc", "final/train_loss": "train loss"}
@@ -128,13 +132,10 @@ def _require(runs: pd.DataFrame, columns: Sequence[str]) -> None:
 
 
 def _tie_bound(a: pd.Series, b: pd.Series) -> float:
+    """max(one combined SE, one test point); a single seed's SE is unknown (left out)."""
     defined = [s * s for s in (a["sem"], b["sem"]) if pd.notna(s)]
-    bound = math.sqrt(sum(defined))
-    if min(a["n"], b["n"]) < 2:  # a single seed: its spread is unknown; one test point at least
-        n_test = min((t for t in (a["n_test"], b["n_test"]) if t > 0), default=math.nan)
-        if math.isfinite(n_test):
-            bound = max(bound, 1.0 / n_test)
-    return bound
+    n_test = min((t for t in (a["n_test"], b["n_test"]) if t > 0), default=math.nan)
+    return max(math.sqrt(sum(defined)), 1.0 / n_test if math.isfinite(n_test) else 0.0)
 
 
 def _tie_groups(table: pd.DataFrame) -> pd.Series:
@@ -352,6 +353,19 @@ def grid(table: pd.DataFrame, lay: Layout) -> Grid:
     return Grid(lay, rows, cols, panel_values, tied=tied, **arrays, **counts)
 
 
+def gallery_picks(table: pd.DataFrame, n: int = 3) -> pd.DataFrame:
+    """The configurations a boundary gallery shows: every ranked one when there are at most 2n, else
+    the n best and the n worst. Rows of `table` (a :func:`rank`/:func:`answer` result) plus `title`
+    ('#1 lr=1.0 width=64 init=he' / '0.992 ± 0.007 (n=3), best seed'); the image of a row is its
+    `best_run_id`'s `plots/decision_boundary.png` (tiled by `figures.plots.gallery_figure`)."""
+    scored = table[table["n"] > 0]
+    picks = scored if len(scored) <= 2 * n else pd.concat([scored.head(n), scored.tail(n)])
+    keys = table.attrs.get("keys") or [c for c in table.columns if c in _SHORT]
+    titles = [f"#{int(r['rank'])} {config_label(r, keys)}\n{mean_std(r)}, best seed"
+              for _, r in picks.iterrows()]
+    return picks.assign(title=titles)
+
+
 # --------------------------------------------------------------------------- the three readers
 
 def summary_figure(runs: pd.DataFrame, keys: Sequence[str], per=None, *, metric: str = METRIC,
@@ -367,8 +381,9 @@ def summary_figure(runs: pd.DataFrame, keys: Sequence[str], per=None, *, metric:
     n_runs = int(g.n.sum() + g.n_diverged.sum() + g.n_failed.sum())
     seeds = "one run" if n_full <= 1 else "mean ± std over seeds"
     below = " grey: below chance;" if (g.mean < chance).any() else ""
-    subtitle = (f"{metric_label(metric)}, {seeds} ({n_runs} runs); outlined: best and tied within one "
-                f"SE;{below} hatched: no finished run")
+    hatched = " hatched: no finished run;" if (g.n == 0).any() else ""
+    subtitle = f"{metric_label(metric)}, {seeds} ({n_runs} runs); outlined: best and {TIED};{below}{hatched}"
+    subtitle = subtitle.rstrip(";")
     return plots.summary_figure(
         g.mean, g.std, [format_value(v) for v in g.row_values if v is not None] or [""],
         [format_value(v) for v in g.col_values if v is not None] or [""],
@@ -400,12 +415,14 @@ def _trouble(table: pd.DataFrame, keys: Sequence[str], limit: int = 4) -> str:
     return "; ".join(out)
 
 
-def _best_sentence(part: pd.DataFrame, keys: Sequence[str], metric: str, pm: str,
-                   link: Callable[[str], str] | None = None) -> str:
-    """'Best: lr=1.0 width=16 init=he, test acc 0.963 ± 0.010 (n=3); tied within one SE: ...'."""
+def _best_sentence(part: pd.DataFrame, keys: Sequence[str], metric: str, secondary: str, pm: str,
+                   link: Callable[[str], str] | None = None, list_ties: bool = True) -> tuple[str, str]:
+    """('Best: lr=1.0 width=16 init=he, test acc 0.963 ± 0.010 (n=3)', '; tied within one SE or
+    test point (2): ... (ordered by lower test loss)'); the second is '' without a tie and only
+    counts the tied configurations when not `list_ties` (a table below lists them)."""
     scored = part[part["n"] > 0]
     if scored.empty:
-        return "no configuration has a finished run to rank"
+        return "no configuration has a finished run to rank", ""
 
     def name(row):
         label = config_label(row, keys)
@@ -416,11 +433,13 @@ def _best_sentence(part: pd.DataFrame, keys: Sequence[str], metric: str, pm: str
     best = scored.iloc[0]
     text = f"Best: {name(best)}, {metric_label(metric)} {mean_std(best, pm=pm)}"
     others = scored[scored["tied"]].iloc[1:]
-    if len(others):
-        listed = ", ".join(f"{name(r)} {mean_std(r, pm=pm)}" for _, r in others.iterrows())
-        text += (f"; tied within one SE ({len(others)}): {listed} "
-                 f"(ordered by lower {metric_label(part.attrs.get('secondary', SECONDARY))})")
-    return text
+    if not len(others):
+        return text, ""
+    order = f"ordered by lower {metric_label(secondary)}"
+    if not list_ties:
+        return text, f"; {TIED}: {len(others)} more, marked = below ({order})"
+    listed = ", ".join(f"{name(r)} {mean_std(r, pm=pm)}" for _, r in others.iterrows())
+    return text, f"; {TIED} ({len(others)}): {listed} ({order})"
 
 
 def text_summary(runs: pd.DataFrame, keys: Sequence[str], per=None, *, metric: str = METRIC,
@@ -456,7 +475,9 @@ def text_summary(runs: pd.DataFrame, keys: Sequence[str], per=None, *, metric: s
     groups = _groups(table)
     for label, part in groups:
         rest = [k for k in keys_all if k not in (table.attrs.get("per") or [])]
-        lines.append((f"{label}: " if label else "") + _best_sentence(part, rest, metric, "+-"))
+        best, tie = _best_sentence(part, rest, metric, table.attrs["secondary"], "+-",
+                                   list_ties=len(groups) > 1)
+        lines.append((f"{label}: " if label else "") + best + tie)
     if len(groups) == 1:
         scored = table[table["n"] > 0].head(max(top, int(table["tied"].sum())))
         lines.append(f"top {len(scored)} (rank, configuration, {metric_label(metric)}, "
@@ -489,7 +510,8 @@ def note_markdown(runs: pd.DataFrame, keys: Sequence[str], per=None, *, metric: 
     out = [f"### {title}" if title else ""]
     for label, part in _groups(table):
         out.append(f"**{label}**: " if label else "")
-        out[-1] += "**" + _best_sentence(part, rest, metric, "±", link) + "**"
+        best, tie = _best_sentence(part, rest, metric, table.attrs["secondary"], "±", link)
+        out[-1] += f"**{best}**{tie}"
     out.append("")
     header = ["rank", *per_keys, "configuration", f"{metric_label(metric)} mean ± std", "n",
               secondary, "best run"]
