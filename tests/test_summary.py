@@ -164,6 +164,10 @@ def test_answer_per_data_ranks_inside_each_data_set():
     assert blobs["tied"].all() and len(blobs) == 2
     text = summary.text_summary(runs, ["data", "width", "seed"], per="data")
     assert "data=spirals: Best: width=32, test acc 0.600 +- 0.000 (n=3)" in text
+    note = summary.note_markdown(runs, ["data", "width", "seed"], per="data")
+    bullets = [line for line in note.splitlines() if line.startswith("- data=")]  # one per data set
+    assert [b.split(":")[0] for b in bullets] == ["- data=blobs", "- data=spirals"]
+    assert "tied within one SE or test point (1): width=" in bullets[0]
     assert summary.preset_per({"preset": "datasets", "per": "data"}) == ["data"]
     assert summary.preset_per({"per": ["init", "model.depth"]}) == ["depth", "init"]
     assert summary.preset_per(None) == []

@@ -382,7 +382,9 @@ def summary_figure(runs: pd.DataFrame, keys: Sequence[str], per=None, *, metric:
     seeds = "one run" if n_full <= 1 else "mean ± std over seeds"
     below = " grey: below chance;" if (g.mean < chance).any() else ""
     hatched = " hatched: no finished run;" if (g.n == 0).any() else ""
-    subtitle = f"{metric_label(metric)}, {seeds} ({n_runs} runs); outlined: best and {TIED};{below}{hatched}"
+    per_keys = table.attrs.get("per") or []
+    best = f"best per {', '.join(per_keys)}" if per_keys else "best"
+    subtitle = f"{metric_label(metric)}, {seeds} ({n_runs} runs); outlined: {best} and {TIED};{below}{hatched}"
     subtitle = subtitle.rstrip(";")
     return plots.summary_figure(
         g.mean, g.std, [format_value(v) for v in g.row_values if v is not None] or [""],
@@ -508,10 +510,9 @@ def note_markdown(runs: pd.DataFrame, keys: Sequence[str], per=None, *, metric: 
     rest = [k for k in table.attrs["keys"] if k not in per_keys]
     secondary = metric_label(table.attrs["secondary"])
     out = [f"### {title}" if title else ""]
-    for label, part in _groups(table):
-        out.append(f"**{label}**: " if label else "")
+    for label, part in _groups(table):  # one bullet per `per` group (lines alone would join)
         best, tie = _best_sentence(part, rest, metric, table.attrs["secondary"], "±", link)
-        out[-1] += f"**{best}**{tie}"
+        out.append((f"- {label}: " if label else "") + f"**{best}**{tie}")
     out.append("")
     header = ["rank", *per_keys, "configuration", f"{metric_label(metric)} mean ± std", "n",
               secondary, "best run"]

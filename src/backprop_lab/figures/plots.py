@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import textwrap
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -266,11 +267,14 @@ def summary_figure(means, stds, row_labels, col_labels, *, panel_titles=None, no
     cw, ch = SUMMARY_CELL
     pw, ph = cw * n_cols, ch * n_rows  # one panel, inches
     left, gap, right, vgap = 0.95, 0.3, 1.4, 0.75
-    top = 0.2 + 0.17 * (title.count("\n") + 1) * bool(title) + 0.25 * any(panel_titles)
     bottom = 0.55
     body = max(n_lines * ph + (n_lines - 1) * vgap, 1.6)  # the colour bar needs some height
-    width = left + per_line * pw + (per_line - 1) * gap + right
+    width = max(left + per_line * pw + (per_line - 1) * gap + right, 4.5)
+    # The title wrapped to the figure's width (~13 characters of 9 pt text per inch).
+    title = "\n".join(w for line in title.splitlines() for w in textwrap.wrap(line, int(width * 13)))
+    top = 0.2 + 0.17 * (title.count("\n") + 1) * bool(title) + 0.25 * any(panel_titles)
     height = top + body + bottom
+    left += (width - (left + per_line * pw + (per_line - 1) * gap + right)) / 2  # centred if widened
     fig = _figure((width, height))
     image = None
     for p in range(n_panels):
