@@ -7,10 +7,10 @@ from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 
-from backprop_lab.figures import plots
 from backprop_lab.core.data import load_dataset
 from backprop_lab.core.mlp import MLP
 from backprop_lab.core.rng import make_rng
+from backprop_lab.figures import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -128,6 +128,42 @@ def test_heatmap_figure(tmp_path):
     _saved(fig, tmp_path, "heatmap")
     with pytest.raises(ValueError, match=r"shape \(2, 3\); expected \(2, 2\)"):
         plots.heatmap_figure(values, ["a", "b"], ["c", "d"])
+
+
+def test_summary_figure_from_arrays(tmp_path):
+    from matplotlib.patches import Rectangle
+
+    means = np.array([[[0.45, 0.9], [np.nan, 1.0]], [[0.7, 0.8], [0.95, 0.99]]])  # (P=2, R=2, C=2)
+    stds = np.where(np.isnan(means), np.nan, 0.01)
+    stds[1, 1, 1] = np.nan  # a single seed: no spread to write
+    notes = np.full(means.shape, "", dtype=object)
+    notes[0, 1, 0] = "3 diverged"
+    highlight = means >= 0.99
+    fig = plots.summary_figure(means, stds, ["0.1", "1.0"], ["4", "16"], panel_titles=["he", "xavier"],
+                               notes=notes, highlight=highlight, row_name="lr", col_name="width",
+                               title="sweep x")
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert [ax.get_title() for ax in panels] == ["he", "xavier"]
+    norms = {id(ax.get_images()[0].norm) for ax in panels}
+    norm = panels[0].get_images()[0].norm
+    assert len(norms) == 1 and (norm.vmin, norm.vmax) == (0.5, 1.0)
+    he = [t.get_text() for t in panels[0].texts]
+    assert he == ["0.450", "± 0.010", "0.900", "± 0.010", "n/a", "3 diverged", "1.000", "± 0.010"]
+    xavier = [t.get_text() for t in panels[1].texts]
+    assert "0.990" in xavier and xavier.count("± 0.010") == 3  # no "±" under the single seed
+    hatched = [p for p in panels[0].patches if isinstance(p, Rectangle) and p.get_hatch()]
+    outlined = [p for ax in panels for p in ax.patches
+                if isinstance(p, Rectangle) and not p.get_hatch()]
+    assert len(hatched) == 1 and len(outlined) == 2
+    image = panels[0].get_images()[0]
+    assert tuple(image.cmap(image.norm(0.45))) == tuple(image.cmap.get_under())  # below chance
+    labels = [t.get_text() for t in fig.axes[-1].get_yticklabels()]
+    assert labels[0] == "0.5 chance" and labels[-1] == "1"
+    assert [t.get_text() for t in panels[0].get_yticklabels()] == ["0.1", "1.0"]
+    assert {t.get_text() for t in panels[1].get_yticklabels()} == {""}  # rows labelled once per line
+    _saved(fig, tmp_path, "summary")
+    with pytest.raises(ValueError, match=r"expected \(P, 2, 3\)"):
+        plots.summary_figure(means, stds, ["a", "b"], ["c", "d", "e"])
 
 
 def test_figures_never_touch_pyplot(dataset, history):

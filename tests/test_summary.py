@@ -308,6 +308,8 @@ def test_gallery_figure_tiles_images_with_titles():
     fig = plots.gallery_figure(images, ["best", "2nd", "worst"], ncols=2, title="boundaries")
     assert [ax.get_title() for ax in fig.axes] == ["best", "2nd", "worst"]
     assert all(len(ax.get_images()) == 1 for ax in fig.axes)
+    fig.set_dpi(plots.DPI)
+    assert all(abs(v - round(v)) < 1e-9 for v in fig.get_size_inches() * plots.DPI)  # whole pixels
     with pytest.raises(ValueError, match="one title per image"):
         plots.gallery_figure(images, ["only one"])
 

@@ -384,8 +384,8 @@ def summary_figure(runs: pd.DataFrame, keys: Sequence[str], per=None, *, metric:
     hatched = " hatched: no finished run;" if (g.n == 0).any() else ""
     per_keys = table.attrs.get("per") or []
     best = f"best per {', '.join(per_keys)}" if per_keys else "best"
-    subtitle = f"{metric_label(metric)}, {seeds} ({n_runs} runs); outlined: {best} and {TIED};{below}{hatched}"
-    subtitle = subtitle.rstrip(";")
+    subtitle = (f"{metric_label(metric)}, {seeds} ({n_runs} runs); outlined: {best} and {TIED};"
+                f"{below}{hatched}").rstrip(";")
     return plots.summary_figure(
         g.mean, g.std, [format_value(v) for v in g.row_values if v is not None] or [""],
         [format_value(v) for v in g.col_values if v is not None] or [""],

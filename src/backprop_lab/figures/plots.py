@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import textwrap
 
 import numpy as np
@@ -273,8 +274,10 @@ def summary_figure(means, stds, row_labels, col_labels, *, panel_titles=None, no
     # The title wrapped to the figure's width (~13 characters of 9 pt text per inch).
     title = "\n".join(w for line in title.splitlines() for w in textwrap.wrap(line, int(width * 13)))
     top = 0.2 + 0.17 * (title.count("\n") + 1) * bool(title) + 0.25 * any(panel_titles)
-    height = top + body + bottom
     left += (width - (left + per_line * pw + (per_line - 1) * gap + right)) / 2  # centred if widened
+    # Whole 0.05 in: a whole number of pixels at 80 or 100 dpi (a fraction would round either way).
+    width, height = math.ceil(width * 20) / 20, math.ceil((top + body + bottom) * 20) / 20
+    bottom = height - top - body
     fig = _figure((width, height))
     image = None
     for p in range(n_panels):
@@ -338,7 +341,8 @@ def gallery_figure(images, titles, *, ncols=None, title="", tile=2.6) -> Figure:
     nlines = -(-len(images) // ncols)
     head = 0.35 if title else 0.05
     cap = 0.38  # inches for each tile's title (two short lines)
-    width, height = ncols * tile, head + nlines * (tile + cap)
+    width, height = ncols * tile, math.ceil((head + nlines * (tile + cap)) * 20) / 20
+    head = height - nlines * (tile + cap)  # whole 0.05 in (whole pixels), the slack on top
     fig = _figure((width, height))
     for k, (img, text) in enumerate(zip(images, titles, strict=True)):
         line, slot = divmod(k, ncols)
