@@ -17,7 +17,14 @@ import sys
 import time
 
 from backprop_lab.serve.server import (
-    DEFAULT_PORTS, MODES, ServeError, default_artifact_root, redact_uri, start_mlflow,
+    DEFAULT_PORTS,
+    MODES,
+    ServeError,
+    check_store,
+    default_artifact_root,
+    default_store_uri,
+    redact_uri,
+    start_mlflow,
 )
 
 
@@ -54,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     handle = None
     try:
         t0 = time.monotonic()
+        # A broken or foreign store is refused before anything is printed or started: one line.
+        check_store(args.store_uri or default_store_uri(), args.artifact_root)
         print(f"starting mlflow {args.mode} ...", flush=True)
         handle = start_mlflow(
             args.mode, store_uri=args.store_uri, artifact_root=args.artifact_root, host=args.host,

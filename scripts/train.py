@@ -45,11 +45,34 @@ def precheck(argv: list[str]) -> None:
         overrides = [a for a in overrides if a.lstrip("+").startswith("sweep=")]
     if not overrides and len(overrides) != len(argv):
         return
+    config_dir = str(Path(__file__).resolve().parent.parent / "conf")
     try:
-        check_overrides(str(Path(__file__).resolve().parent.parent / "conf"), overrides)
+        check_overrides(config_dir, overrides)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         sys.exit(2)
+    if len(overrides) == len(argv):  # a single run: its values and its store, before Hydra starts
+        check_single_run(config_dir, overrides)
+
+
+def check_single_run(config_dir: str, overrides: list[str]) -> None:
+    """Validate a single run's config and check its store (plain sqlite3 / one GET /health).
+
+    Before @hydra.main: a bad value or a broken store ends in one line in about a second, before
+    Hydra writes its outputs/ folder and imports the sweep callback (mlflow, matplotlib: ~5 s).
+    """
+    from hydra import compose, initialize_config_dir
+
+    from backprop_lab.config.schema import ConfigError, UserError, validate
+    from backprop_lab.tracking import store
+
+    try:
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            rc = validate(compose("config", overrides=overrides))
+        store.check_store_quickly(store.resolve_tracking(rc)[0])
+    except UserError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(2 if isinstance(exc, ConfigError) else 1)
 
 
 if __name__ == "__main__":

@@ -144,6 +144,7 @@ def test_train_and_ui_on_a_broken_store_end_in_one_line(tmp_path, mlflow_schema)
     assert "is not a SQLite database" in ui.stderr
     assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
     assert not (tmp_path / "art").exists(), "no artifact root is created for a refused store"
+    assert not (tmp_path / "outputs").exists(), "refused before Hydra makes its outputs/ folder"
     assert train_s < 60, f"{train_s:.0f} s (MLflow's retries would take ~100 s)"
 
 

@@ -109,9 +109,6 @@ def prepare_store(uri: str, artifact_root: str | None = None) -> MlflowClient:
     A SQLite store already prepared by this process (same file, same artifact root) is not
     checked again: every job of a sweep calls this, and the checks cost a query and two probes.
     """
-    from mlflow.tracking import MlflowClient
-
-    bound_engine_retries()
     # "Creating initial MLflow database tables..." is noise in a sweep's one-line-per-run output.
     for name in ("mlflow.store.db.utils", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -134,6 +131,9 @@ def prepare_store(uri: str, artifact_root: str | None = None) -> MlflowClient:
             _switch_to_wal(db)
     elif uri.startswith(("http://", "https://")):
         check_server(uri)
+    from mlflow.tracking import MlflowClient
+
+    bound_engine_retries()
     client = MlflowClient(tracking_uri=uri)
     try:
         client.search_experiments(max_results=1)  # builds the SQLite schema on first use
