@@ -168,6 +168,11 @@ def test_answer_per_data_ranks_inside_each_data_set():
     bullets = [line for line in note.splitlines() if line.startswith("- data=")]  # one per data set
     assert [b.split(":")[0] for b in bullets] == ["- data=blobs", "- data=spirals"]
     assert "tied within one SE or test point (1): width=" in bullets[0]
+    # A command line that fixes the data set (not swept, no column): the question is the ranking.
+    one = runs[runs["data"] == "spirals"].drop(columns="data")
+    assert summary.answer(one, ["width", "seed"], per="data").attrs["per"] == []
+    assert summary.layout(["width", "seed"], per="data") == summary.Layout(None, "width", ())
+    assert "Best: width=32" in summary.text_summary(one, ["width", "seed"], per="data")
     assert summary.preset_per({"preset": "datasets", "per": "data"}) == ["data"]
     assert summary.preset_per({"per": ["init", "model.depth"]}) == ["depth", "init"]
     assert summary.preset_per(None) == []
@@ -239,7 +244,7 @@ def test_text_summary_of_the_default_sweep_is_compact_and_names_the_tie():
     lines = text.splitlines()
     assert len(lines) <= 25, text
     assert lines[0].startswith("default: 108 runs: 105 finished, 2 diverged, 1 failed")
-    assert "init=he" in text and "n/a (3 lost)" in text
+    assert "init=he" in text and "n/a (2 diverged, 1 failed)" in text
     best = summary.rank(runs, ["lr", "width", "init"])
     tied = best[best["tied"]]
     assert len(tied) > 1  # several configurations reach 1.0 on every seed
@@ -324,3 +329,15 @@ def test_gallery_picks_best_and_worst_configurations_with_titles():
     assert picks["title"].iloc[0].startswith(f"#1 {best}\n")
     assert "(n=3), best seed" in picks["title"].iloc[0]
     assert len(summary.gallery_picks(table.head(3), n=2)) == 3  # few configurations: each one
+
+
+def test_a_sweep_without_a_finished_run_still_summarises():
+    runs = runs_of({"a": [("failed", np.nan, np.nan)], "b": [("diverged", 0.5, 1e300)]})
+    text = summary.text_summary(runs, ["init"])
+    assert "no configuration has a finished run to rank" in text and "top " not in text
+    assert "n/a (1 failed)" in text and "n/a (1 diverged)" in text
+    note = summary.note_markdown(runs, ["init"])
+    assert "| rank |" not in note and "2 runs: 1 diverged, 1 failed" in note
+    fig = summary.summary_figure(runs, ["init"])
+    assert [t.get_text() for ax in fig.axes if ax.get_images() for t in ax.texts][::2] == ["n/a", "n/a"]
+    assert summary.gallery_picks(summary.rank(runs, ["init"])).empty

@@ -219,16 +219,22 @@ def rank(runs: pd.DataFrame, keys: Sequence[str], *, metric: str = METRIC,
     return table
 
 
+def _per_keys(per: str | Sequence[str] | None, keys: Sequence[str]) -> list[str]:
+    """The `per` keys (short names, names order) that are among the configuration `keys`."""
+    return [k for k in config_keys([per] if isinstance(per, str) else per or []) if k in keys]
+
+
 def answer(runs: pd.DataFrame, keys: Sequence[str], per: str | Sequence[str] | None = None, *,
            metric: str = METRIC, secondary: str = SECONDARY, n_test: int | None = None) -> pd.DataFrame:
     """The preset's own question: :func:`rank` within each value of `per` (its columns first).
 
     `per` (a key or several, e.g. `data`, `opt`, `["init", "depth"]`) comes from the preset's yaml
     (`sweep: {per: data}`); None ranks every configuration together. Ranks, tie groups and `tied`
-    are those inside each `per` group.
+    are those inside each `per` group. A `per` key that is not among `keys` (not swept, e.g. a
+    command line that fixed `data=moons`) has one value: it is left out.
     """
-    per = config_keys([per] if isinstance(per, str) else per or [])
     keys = config_keys(keys)
+    per = _per_keys(per, keys)
     if not per:
         return rank(runs, keys, metric=metric, secondary=secondary, n_test=n_test)
     _require(runs, per)
@@ -276,8 +282,8 @@ def layout(keys: Sequence[str], per: str | Sequence[str] | None = None) -> Layou
     panels: the rest. default (lr, width, init) -> lr x width per init; seeds (width) -> one row of
     widths; datasets per data -> data x width; optimizers per opt -> opt x lr; deep_init per init
     -> init x lr (panels per depth when depth is swept)."""
-    per = config_keys([per] if isinstance(per, str) else per or [])
     keys = config_keys(keys)
+    per = _per_keys(per, keys)
     ordered = per[:1] + [k for k in keys if k not in per[:1]]
     if len(ordered) == 1:
         return Layout(rows=None, cols=ordered[0], panels=())
@@ -383,8 +389,9 @@ def summary_figure(runs: pd.DataFrame, keys: Sequence[str], per=None, *, metric:
     below = " grey: below chance;" if (g.mean < chance).any() else ""
     hatched = " hatched: no finished run;" if (g.n == 0).any() else ""
     per_keys = table.attrs.get("per") or []
-    best = f"best per {', '.join(per_keys)}" if per_keys else "best"
-    subtitle = (f"{metric_label(metric)}, {seeds} ({n_runs} runs); outlined: {best} and {TIED};"
+    best = f"the best of each {', '.join(per_keys)}" if per_keys else "the best"
+    subtitle = (f"{metric_label(metric)}, {seeds} ({n_runs} runs); outlined: {best} and its ties "
+                f"(within one SE or test point);"
                 f"{below}{hatched}").rstrip(";")
     return plots.summary_figure(
         g.mean, g.std, [format_value(v) for v in g.row_values if v is not None] or [""],
@@ -457,9 +464,10 @@ def text_summary(runs: pd.DataFrame, keys: Sequence[str], per=None, *, metric: s
 
     def cell(p, i, j):
         n, m, s = int(g.n[p, i, j]), g.mean[p, i, j], g.std[p, i, j]
-        lost = int(g.n_diverged[p, i, j] + g.n_failed[p, i, j])
+        d, f = int(g.n_diverged[p, i, j]), int(g.n_failed[p, i, j])
         if n == 0:
-            return f"n/a ({lost} lost)" if lost else "-"
+            lost = [f"{d} diverged"] * (d > 0) + [f"{f} failed"] * (f > 0)
+            return f"n/a ({', '.join(lost)})" if lost else "-"
         text = f"{m:.3f}" + (f"+-{s:.3f}" if n > 1 else "") + ("*" if g.tied[p, i, j] else "")
         return text + (f" n={n}" if n < n_full else "")
 
@@ -480,12 +488,12 @@ def text_summary(runs: pd.DataFrame, keys: Sequence[str], per=None, *, metric: s
         best, tie = _best_sentence(part, rest, metric, table.attrs["secondary"], "+-",
                                    list_ties=len(groups) > 1)
         lines.append((f"{label}: " if label else "") + best + tie)
-    if len(groups) == 1:
+    if len(groups) == 1 and (table["n"] > 0).any():
         scored = table[table["n"] > 0].head(max(top, int(table["tied"].sum())))
         lines.append(f"top {len(scored)} (rank, configuration, {metric_label(metric)}, "
                      f"{metric_label(table.attrs['secondary'])}):")
         for _, r in scored.iterrows():
-            mark = "=" if r["tied"] else " "
+            mark = "=" if r["tied"] and table["tied"].sum() > 1 else " "
             lines.append(f"  {int(r['rank']):>2}{mark} {config_label(r, keys_all):<30} "
                          f"{mean_std(r, pm='+-'):<24} {r['secondary']:.3f}")
     trouble = _trouble(table, keys_all)
@@ -516,7 +524,8 @@ def note_markdown(runs: pd.DataFrame, keys: Sequence[str], per=None, *, metric: 
     out.append("")
     header = ["rank", *per_keys, "configuration", f"{metric_label(metric)} mean ± std", "n",
               secondary, "best run"]
-    out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    if (table["n"] > 0).any():
+        out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, part in _groups(table):
         scored = part[part["n"] > 0]
         for _, r in scored.head(max(top if not per_keys else 3, int(scored["tied"].sum()))).iterrows():
