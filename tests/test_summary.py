@@ -178,6 +178,16 @@ def test_answer_per_data_ranks_inside_each_data_set():
     assert summary.preset_per(None) == []
 
 
+def test_per_every_swept_key_compares_them_in_one_ranking():
+    # deep_init: only the scheme (and seeds) swept, `per: init`: the answer compares the schemes.
+    acc = {"he": 0.95, "xavier": 0.5, "lecun": 0.5}
+    runs = grid_runs({"init": ["he", "xavier", "lecun"]}, lambda c, s: acc[c["init"]])
+    table = summary.answer(runs, ["init", "seed"], per="init")
+    assert table.attrs["per"] == [] and table["rank"].tolist() == [1, 2, 3]
+    assert table["init"].iloc[0] == "he" and table["tie_group"].tolist() == [1, 2, 2]
+    assert summary.layout(["init", "seed"], per="init") == summary.Layout(None, "init", ())
+
+
 def test_seeds_preset_reports_the_spread_per_width():
     spread = {2: 0.05, 8: 0.02}
     runs = grid_runs({"width": [2, 8]}, lambda c, s: 0.8 + spread[c["width"]] * (s - 2), seeds=range(5))

@@ -220,8 +220,11 @@ def rank(runs: pd.DataFrame, keys: Sequence[str], *, metric: str = METRIC,
 
 
 def _per_keys(per: str | Sequence[str] | None, keys: Sequence[str]) -> list[str]:
-    """The `per` keys (short names, names order) that are among the configuration `keys`."""
-    return [k for k in config_keys([per] if isinstance(per, str) else per or []) if k in keys]
+    """The `per` keys (short names, names order) that are among the configuration `keys`; none
+    when they are all of them (`per: init` with only init swept: nothing to choose per scheme,
+    so the question is the comparison of the schemes, one ranking)."""
+    per = [k for k in config_keys([per] if isinstance(per, str) else per or []) if k in keys]
+    return per if set(keys) - set(per) else []
 
 
 def answer(runs: pd.DataFrame, keys: Sequence[str], per: str | Sequence[str] | None = None, *,
@@ -231,7 +234,8 @@ def answer(runs: pd.DataFrame, keys: Sequence[str], per: str | Sequence[str] | N
     `per` (a key or several, e.g. `data`, `opt`, `["init", "depth"]`) comes from the preset's yaml
     (`sweep: {per: data}`); None ranks every configuration together. Ranks, tie groups and `tied`
     are those inside each `per` group. A `per` key that is not among `keys` (not swept, e.g. a
-    command line that fixed `data=moons`) has one value: it is left out.
+    command line that fixed `data=moons`) has one value: it is left out; `per` covering every key
+    (nothing left to choose within a group) ranks everything together.
     """
     keys = config_keys(keys)
     per = _per_keys(per, keys)
