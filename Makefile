@@ -7,6 +7,8 @@ PY := $(UV) run --locked --no-sync python
 SWEEP ?= default
 # Jobs at once (hydra.launcher.n_jobs); empty: one per core (the backprop_lab launcher's default).
 JOBS ?=
+SPACE ?= default
+TRIALS ?= 40
 LAUNCHER ?= basic
 RAY_ADDRESS ?=
 ARGS ?=
@@ -19,7 +21,7 @@ export DO_NOT_TRACK := true
 export RAY_USAGE_STATS_ENABLED := 0
 export BPL_DISTRIBUTED := $(DISTRIBUTED)
 
-.PHONY: help setup test test-distributed train sweep ui server notebooks lint bench bench-tracking bench-plots bench-launchers bench-sweep reproduce clean
+.PHONY: help setup test test-distributed train sweep search ui server notebooks lint bench bench-tracking bench-plots bench-launchers bench-sweep reproduce clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -47,6 +49,9 @@ sweep: setup ## Run a sweep preset (SWEEP=default|seeds|datasets|optimizers|deep
 	  $(if $(JOBS),hydra.launcher.n_jobs=$(JOBS)) \
 	  $(if $(filter ray,$(LAUNCHER)),hydra/launcher=ray_cluster $(if $(RAY_ADDRESS),hydra.launcher.ray.init.address=$(RAY_ADDRESS))) \
 	  $(if $(filter slurm,$(LAUNCHER)),hydra/launcher=slurm) $(ARGS)
+
+search: setup ## Optuna search (TPE + median pruning), each trial's seeds child runs (SPACE=default|optimizers TRIALS=40 JOBS=1 ARGS=overrides)
+	@$(PY) scripts/search.py SPACE=$(SPACE) TRIALS=$(TRIALS) JOBS=$(or $(JOBS),1) $(ARGS)
 
 ui: setup ## MLflow UI over the same store on 127.0.0.1 (PORT=5000); Ctrl-C stops it
 	@$(PY) scripts/serve.py ui $(ARGS)

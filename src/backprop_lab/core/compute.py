@@ -34,10 +34,12 @@ class Outcome:
     gradcheck: dict[str, Any]  # gradcheck.json
 
 
-def compute(rc: RunConfig, dataset, model, progress=None, on_trained=None) -> Outcome:
+def compute(rc: RunConfig, dataset, model, progress=None, on_trained=None, *, on_epoch=None) -> Outcome:
     """Gradient check at init, training, gradient check of the trained params.
 
     dataset: data.Dataset (X_train: (N, 2), ...); model: mlp.MLP; progress: a train callback.
+    on_epoch(epoch, metrics) -> bool: called after each recorded epoch; True stops training
+    (status "stopped", e.g. a search pruning the run).
     on_trained(history): called as soon as training ends, before the second gradient check
     (experiment.run starts writing the history then, on another thread).
     """
@@ -49,8 +51,15 @@ def compute(rc: RunConfig, dataset, model, progress=None, on_trained=None) -> Ou
     gc_rng = make_rng(rc.seed, "gradcheck")
     reports, scalars = {}, {}
     gc_s = _gradcheck(rc, model, params, dataset, gc_rng, "init", reports, scalars)
+    callback = progress
+    if on_epoch is not None:
+        def callback(epoch, metrics):
+            if progress is not None:
+                progress(epoch, metrics)
+            return on_epoch(epoch, metrics)
+
     result = train(model, params, dataset, optimizer, epochs=rc.train.epochs,
-                   rng=make_rng(rc.seed, "shuffle"), log_every=rc.train.log_every, callback=progress)
+                   rng=make_rng(rc.seed, "shuffle"), log_every=rc.train.log_every, callback=callback)
     if progress is not None:
         progress.close()
     if on_trained is not None:

@@ -12,6 +12,10 @@ in the seed notebook, whose loss curve records the loss before each update):
 - ``dead_relu/layer{l}`` (relu, leaky_relu): fraction of the units of hidden layer l whose
   activation is <= 0 for every training sample.
 
+Stopping early: a ``callback`` that returns True stops training after that recorded epoch, with
+``status="stopped"`` and ``stopped_epoch`` = the number of epochs run (a pruner's hook; the
+``final/*`` metrics are taken at the parameters reached, as for a finished run).
+
 Divergence: a non-finite training loss, parameter or gradient at the start of an epoch (for
 mini-batches: a non-finite parameter at the start, or batch loss during it), checked the same
 way every epoch whatever ``log_every`` is, or non-finite parameters at the end, stops the run
@@ -37,12 +41,13 @@ _TINY = 1e-12
 @dataclass
 class TrainResult:
     history: dict[str, np.ndarray]
-    status: str  # "finished" | "diverged"
+    status: str  # "finished" | "diverged" | "stopped"
     diverged_epoch: int | None
     final: dict[str, float]
     params: dict[str, np.ndarray]
     seconds: float
     metric_names: list[str] = field(default_factory=list)
+    stopped_epoch: int | None = None  # status "stopped": epochs run before the callback said stop
 
 
 class Trainer:
@@ -132,7 +137,7 @@ def train(model, params, dataset, optimizer, *, epochs, rng, log_every=1, callba
 
     rng: the "shuffle" stream (unused by full-batch optimizers). log_every: record the metrics
     every ``log_every`` epochs (epoch 0 and the last epoch are always recorded).
-    callback(epoch, metrics) is called after each recorded epoch.
+    callback(epoch, metrics) is called after each recorded epoch; returning True stops training.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
@@ -152,7 +157,7 @@ def train(model, params, dataset, optimizer, *, epochs, rng, log_every=1, callba
     hist = {k: np.full(len(logged), np.nan) for k in names}
     hist_epoch = np.asarray(logged, dtype=np.int64)
     W_before = {k: np.empty_like(params[k]) for k in W_names}
-    row, status, diverged_epoch = 0, "finished", None
+    row, status, diverged_epoch, stopped_epoch = 0, "finished", None, None
     values = list(params.values())
 
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
@@ -196,13 +201,14 @@ def train(model, params, dataset, optimizer, *, epochs, rng, log_every=1, callba
                 for k in names:
                     hist[k][row] = m[k]
                 row += 1
-                if callback is not None:
-                    callback(epoch, m)
-        if status == "finished" and not _finite(*values):
-            status, diverged_epoch = "diverged", epochs
+                if callback is not None and callback(epoch, m):
+                    status, stopped_epoch = "stopped", epoch + 1
+                    break
+        if status != "diverged" and not _finite(*values):
+            status, diverged_epoch, stopped_epoch = "diverged", stopped_epoch or epochs, None
         seconds = time.perf_counter() - t0
         history = {"epoch": hist_epoch[:row], **{k: v[:row] for k, v in hist.items()}}
-        if status == "finished":
+        if status != "diverged":
             final = {
                 "final/train_loss": model.loss(params, tr.X, tr.y),
                 "final/train_acc": _acc(model.forward(params, tr.X)[0], tr.y),
@@ -213,6 +219,7 @@ def train(model, params, dataset, optimizer, *, epochs, rng, log_every=1, callba
             last = row - 1
             final = {f"final/{k.replace('/', '_')}": float(hist[k][last]) if last >= 0 else math.nan
                      for k in ("train/loss", "train/acc", "test/loss", "test/acc")}
-        final["final/epochs_run"] = float(epochs if diverged_epoch is None else diverged_epoch)
+        final["final/epochs_run"] = float(diverged_epoch if diverged_epoch is not None
+                                          else stopped_epoch or epochs)
     return TrainResult(history=history, status=status, diverged_epoch=diverged_epoch, final=final,
-                       params=params, seconds=seconds, metric_names=names)
+                       params=params, seconds=seconds, metric_names=names, stopped_epoch=stopped_epoch)

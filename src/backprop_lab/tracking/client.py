@@ -113,9 +113,13 @@ def normalize_sweep_dir(sweep_dir: str) -> str:
 
 
 def find_finished_run(client: MlflowClient, experiment_id: str, config_key: str) -> Run | None:
-    """A FINISHED run (finished or diverged) of the same config key in the experiment, else None."""
+    """A FINISHED run (finished or diverged) of the same config key in the experiment, else None.
+
+    A run stopped early (bpl.status stopped, or pruned by a search) did not train its config.
+    """
     flt = (f"tags.`bpl.config_key` = '{_quote(config_key)}' and attributes.status = 'FINISHED' "
-           "and tags.`bpl.role` != 'parent'")
+           "and tags.`bpl.role` != 'parent' and tags.`bpl.status` != 'stopped' "
+           "and tags.`bpl.status` != 'pruned'")
     runs = client.search_runs([experiment_id], filter_string=flt, max_results=1,
                               order_by=["attributes.start_time DESC"])
     return runs[0] if runs else None

@@ -18,10 +18,11 @@ import yaml
 from backprop_lab.config.schema import RunConfig, flatten, public_dict
 
 
-def train_and_log(client, info, rc: RunConfig, overrides, t0: float):
+def train_and_log(client, info, rc: RunConfig, overrides, t0: float, on_epoch=None):
     """Params, dataset, compute, history, figures, artifacts, final metrics; the run ends FINISHED.
 
     Returns (status, final scalars). Any exception propagates: run.run ends the run FAILED.
+    on_epoch: see `compute.compute` (returning True stops training: status "stopped").
     """
     from backprop_lab.core import compute
     from backprop_lab.figures import plots
@@ -51,7 +52,7 @@ def train_and_log(client, info, rc: RunConfig, overrides, t0: float):
 
     try:
         outcome = compute.compute(rc, dataset, model, compute.progress_for(rc.train.epochs),
-                                  on_trained=write_history)
+                                  on_trained=write_history, on_epoch=on_epoch)
         figures = {  # PNG bytes; render.py reuses one figure per layout (same pictures as plots.py)
             "data": plots.data_png(dataset),
             "curves": render.curves_png(outcome.history),

@@ -68,10 +68,13 @@ def job_from_hydra(hc, argv=()) -> JobContext:
                       swept=tuple(swept))
 
 
-def run(cfg: Any, job: JobContext | None = None, *, out=None) -> RunSummary:
+def run(cfg: Any, job: JobContext | None = None, *, out=None, parent_id: str | None = None,
+        tags: dict[str, str] | None = None, on_epoch=None) -> RunSummary:
     """Train and log one run. Raises ConfigError / StoreError in single mode before any write.
 
     In multirun mode those become a failed summary too, so the other jobs of the sweep go on.
+    parent_id: the parent run, when the caller owns one (a search); tags: extra run tags;
+    on_epoch(epoch, metrics) -> bool: True stops training (status "stopped", see core.train).
     """
     job = job or JobContext()
     out = out or sys.stdout
@@ -105,8 +108,7 @@ def run(cfg: Any, job: JobContext | None = None, *, out=None) -> RunSummary:
                                  error=f"already FINISHED as run {previous.info.run_id}")
             return _report(summary, out)
 
-    parent_id = None
-    if job.mode == "multirun" and job.sweep_dir:
+    if parent_id is None and job.mode == "multirun" and job.sweep_dir:
         parent = tracking.find_parent_run(client, experiment_id, job.sweep_dir)
         parent_id = parent.info.run_id if parent is not None else None
     preset = job.preset or (rc.sweep or {}).get("preset") or ""
@@ -118,12 +120,13 @@ def run(cfg: Any, job: JobContext | None = None, *, out=None) -> RunSummary:
         **({"bpl.sweep_dir": tracking.normalize_sweep_dir(job.sweep_dir)} if job.sweep_dir else {}),
         **({"mlflow.parentRunId": parent_id} if parent_id else {}),
         **tracking.environment_tags(),
+        **(tags or {}),
     }
     mlflow_run = client.create_run(experiment_id, tags=tags, run_name=name)
     run_id = mlflow_run.info.run_id
     try:
         with _blas_threads(rc.blas_threads):
-            result = record.train_and_log(client, mlflow_run.info, rc, job.overrides, t0)
+            result = record.train_and_log(client, mlflow_run.info, rc, job.overrides, t0, on_epoch)
     except KeyboardInterrupt:
         _end_failed(client, run_id, status="KILLED")
         raise
