@@ -221,3 +221,17 @@ def test_two_workers_share_one_study(tmp_path):
     assert len({c.data.tags["bpl.trial"] for c in children}) == 4
     keys = [(c.data.tags["bpl.trial"], c.data.params["seed"]) for c in children]
     assert len(keys) == len(set(keys))
+
+
+def test_a_pruned_run_is_never_reused_as_a_finished_config(tmp_path):
+    from backprop_lab.tracking import client as tracking
+
+    client = tracking.prepare_store(f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "art"))
+    exp = tracking.ensure_experiment(client, "reuse", str(tmp_path / "art"))
+    for status in ("pruned", "stopped"):
+        run = client.create_run(exp, tags={"bpl.config_key": "k", "bpl.role": "child", "bpl.status": status})
+        client.set_terminated(run.info.run_id, "FINISHED")
+    assert tracking.find_finished_run(client, exp, "k") is None
+    done = client.create_run(exp, tags={"bpl.config_key": "k", "bpl.role": "child", "bpl.status": "finished"})
+    client.set_terminated(done.info.run_id, "FINISHED")
+    assert tracking.find_finished_run(client, exp, "k").info.run_id == done.info.run_id

@@ -118,11 +118,11 @@ def find_finished_run(client: MlflowClient, experiment_id: str, config_key: str)
     A run stopped early (bpl.status stopped, or pruned by a search) did not train its config.
     """
     flt = (f"tags.`bpl.config_key` = '{_quote(config_key)}' and attributes.status = 'FINISHED' "
-           "and tags.`bpl.role` != 'parent' and tags.`bpl.status` != 'stopped' "
-           "and tags.`bpl.status` != 'pruned'")
-    runs = client.search_runs([experiment_id], filter_string=flt, max_results=1,
+           "and tags.`bpl.role` != 'parent'")
+    runs = client.search_runs([experiment_id], filter_string=flt, max_results=100,
                               order_by=["attributes.start_time DESC"])
-    return runs[0] if runs else None
+    # In Python: MLflow's `!=` on a tag also drops the runs without the tag.
+    return next((r for r in runs if r.data.tags.get("bpl.status") not in ("stopped", "pruned")), None)
 
 
 # --------------------------------------------------------------------------- batched logging
