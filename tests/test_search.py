@@ -235,3 +235,39 @@ def test_a_pruned_run_is_never_reused_as_a_finished_config(tmp_path):
     done = client.create_run(exp, tags={"bpl.config_key": "k", "bpl.role": "child", "bpl.status": "finished"})
     client.set_terminated(done.info.run_id, "FINISHED")
     assert tracking.find_finished_run(client, exp, "k").info.run_id == done.info.run_id
+
+
+# --------------------------------------------------------------------------- notebook 04
+
+
+def _notebook_text(nb) -> str:
+    return "".join(o.get("text", "") + o.get("data", {}).get("text/markdown", "")
+                   for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
+@pytest.mark.slow
+def test_notebook_04_says_what_is_missing_then_compares_search_and_grid(searched):
+    sys.path.insert(0, str(REPO / "scripts"))
+    import run_notebooks
+
+    store = searched[0]
+    env = {"BPL_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}"}
+    path = REPO / "notebooks" / "04-search-vs-grid.ipynb"
+    nb = run_notebooks.execute(path, env, timeout=300)  # no grid yet: runs through, names the command
+    text = _notebook_text(nb)
+    assert "No grid" in text and "`make sweep`" in text and f"{TRIALS} trials" in text
+    assert run_notebooks.count_figures(nb) == 1  # the search's curve alone
+    # a tiny grid in the same store (2 widths x 2 seeds at one lr and init), then both are compared
+    grid = subprocess.run(
+        [sys.executable, "scripts/train.py", "--multirun", "+sweep=default", "init=he", "optim.lr=1.0",
+         "model.width=2,8", "seed=0,1", "train.epochs=60", "data.n_samples=120",
+         f"tracking.uri=sqlite:///{store / 'mlflow.db'}", f"tracking.artifact_root={store / 'art'}",
+         f"hydra.sweep.dir={store.parent / 'multirun'}"], cwd=REPO, capture_output=True, text=True,
+        timeout=600)
+    assert grid.returncode == 0, grid.stderr[-2000:]
+    nb = run_notebooks.execute(path, env, timeout=300)
+    text = _notebook_text(nb)
+    assert "grid: 4 runs, 2 configurations" in text
+    assert "against the grid's **2 configurations** (4 runs)" in text
+    assert ("came within one std" in text) or ("did not reach" in text)
+    assert run_notebooks.count_figures(nb) == 1
