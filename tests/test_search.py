@@ -271,3 +271,32 @@ def test_notebook_04_says_what_is_missing_then_compares_search_and_grid(searched
     assert "against the grid's **2 configurations** (4 runs)" in text
     assert ("came within one std" in text) or ("did not reach" in text)
     assert run_notebooks.count_figures(nb) == 1
+
+
+def test_reask_stale_repeats_killed_and_failed_trials_but_not_diverged_ones():
+    import optuna
+    from optuna.trial import TrialState
+
+    from backprop_lab.search.study import DIVERGED_ATTR, RETRY_ATTR, counted, reask_stale
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    for x in (0.1, 0.2, 0.3, 0.4):
+        study.enqueue_trial({"x": x})
+    trials = [study.ask() for _ in range(4)]
+    for t in trials:
+        t.suggest_float("x", 0.0, 1.0)
+    study.tell(trials[0], 0.9)  # complete
+    study.tell(trials[1], state=TrialState.FAIL)  # an error: repeated
+    trials[2].set_user_attr(DIVERGED_ATTR, 2)
+    study.tell(trials[2], state=TrialState.FAIL)  # diverged on every seed: a result, kept
+    # trials[3] stays RUNNING: its search was killed
+    assert reask_stale(study) == (1, 1)
+    assert counted(study.get_trials()) == 2  # the complete and the diverged trial
+    repeats = [study.ask() for _ in range(2)]  # asked first, with the same params
+    assert sorted((t.suggest_float("x", 0.0, 1.0), t.user_attrs[RETRY_ATTR]) for t in repeats) == \
+        [(0.2, [1]), (0.4, [3])]
+    for t in repeats:
+        study.tell(t, 0.5)
+    assert reask_stale(study) == (0, 0)  # repeated once, not again
+    assert counted(study.get_trials()) == 4

@@ -137,7 +137,7 @@ def _search(search, rc, overrides, conf_dir, client, tracking_at, storage, study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(storage, study_name)
-    reasked = reask_stale(study)
+    killed, failed = reask_stale(study)
     parent = _find_parent(client, experiment_id, study_name)
     if parent is None:
         parent_id = _create_parent(client, experiment_id, search, study_name, storage, rc)
@@ -149,8 +149,10 @@ def _search(search, rc, overrides, conf_dir, client, tracking_at, storage, study
                 rc.train.epochs, lock_dir, *tracking_at)
     done = counted(study.get_trials(deepcopy=False))
     how = f"resumed parent {parent_id}" if parent is not None else f"new parent {parent_id}"
-    if reasked:
-        how += f", {reasked} trial(s) left RUNNING by a killed search re-asked"
+    if killed:
+        how += f", {killed} trial(s) left RUNNING by a killed search re-asked"
+    if failed:
+        how += f", {failed} failed trial(s) re-asked"
     print(f"search {search.space}: {search.trials} trials ({done} done), {len(search.seeds)} seed(s) "
           f"each, {search.jobs} worker(s); study {study_name} in {storage}; {how}; "
           f"experiment {rc.experiment_name}; store {uri}", file=out, flush=True)

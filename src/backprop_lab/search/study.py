@@ -118,16 +118,22 @@ def open_study(storage: str, name: str, sampler=None, pruner=None) -> Any:
                                load_if_exists=True, sampler=sampler, pruner=pruner)
 
 
-def reask_stale(study: Any) -> int:
-    """Trials left RUNNING by a dead search become FAIL and are enqueued again (same params)."""
+def reask_stale(study: Any) -> tuple[int, int]:
+    """Trials left RUNNING by a dead search become FAIL; they and the trials that failed with an
+    error (not those whose every seed diverged) are enqueued again with the same params.
+    Returns (killed, failed) counts."""
     from optuna.trial import TrialState
 
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.user_attrs.get(RETRY_ATTR, [])}
+    stale = [t for t in trials if t.state == TrialState.RUNNING]
+    failed = [t for t in trials if t.state == TrialState.FAIL and t.number not in retried
+              and not t.user_attrs.get(DIVERGED_ATTR)]
     for t in stale:
-        chain = [*t.user_attrs.get(RETRY_ATTR, []), t.number]
         study.tell(t.number, state=TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={RETRY_ATTR: chain})
-    return len(stale)
+    for t in [*stale, *failed]:
+        study.enqueue_trial(t.params, user_attrs={RETRY_ATTR: [*t.user_attrs.get(RETRY_ATTR, []), t.number]})
+    return len(stale), len(failed)
 
 
 def live(trials: list) -> list:

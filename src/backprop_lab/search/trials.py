@@ -34,6 +34,8 @@ from backprop_lab.search.study import (
     run_config,
 )
 
+MAX_FAILURES_IN_A_ROW = 3
+
 
 class Reporter:
     """on_epoch for tracking.run.run: reports -test/loss to the trial; True asks train() to stop."""
@@ -62,6 +64,7 @@ def work(plan: Plan, out=None) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = out or sys.stdout
+    failures = 0
     with initialize_config_dir(config_dir=plan.conf_dir, version_base="1.3"):
         while True:
             with file_lock(Path(plan.lock_dir) / f"{plan.study_name}.ask.lock"):
@@ -70,7 +73,12 @@ def work(plan: Plan, out=None) -> None:
                 if counted(trials) >= plan.search.trials:
                     return
                 trial = study.ask()
-            run_trial(plan, study, trial, out)
+            error = run_trial(plan, study, trial, out)
+            failures = failures + 1 if error else 0
+            if failures == MAX_FAILURES_IN_A_ROW:  # a broken store or config, not a bad trial
+                print(f"search: {failures} trials in a row failed (last: {error}); stopping this "
+                      "worker: fix the cause, then the same command resumes", file=sys.stderr, flush=True)
+                return
 
 
 def _study(plan: Plan) -> Any:
@@ -87,8 +95,9 @@ def _study(plan: Plan) -> Any:
     return open_study(plan.storage, plan.study_name, sampler=sampler, pruner=pruner)
 
 
-def run_trial(plan: Plan, study: Any, trial: Any, out) -> None:
-    """Train the trial's configuration on each seed (reusing runs of the trials it repeats)."""
+def run_trial(plan: Plan, study: Any, trial: Any, out) -> str | None:
+    """Train the trial's configuration on each seed (reusing runs of the trials it repeats);
+    returns the error of a failed trial, else None."""
     from optuna.trial import TrialState
 
     from backprop_lab.tracking import client as tracking
@@ -128,7 +137,7 @@ def run_trial(plan: Plan, study: Any, trial: Any, out) -> None:
                 trial.set_user_attr(EPOCHS_ATTR, epochs_run)
                 study.tell(trial, state=TrialState.FAIL)
                 _line(plan, study, trial, label, f"failed on seed {seed}: {summary.error}", t0, out)
-                return
+                return summary.error or "failed"
             if status == "stopped":
                 tracking.log_tags(client, summary.run_id, {"bpl.status": "pruned",
                                                            "bpl.pruned_epoch": reporter.pruned_epoch})
@@ -136,7 +145,7 @@ def run_trial(plan: Plan, study: Any, trial: Any, out) -> None:
                 study.tell(trial, state=TrialState.PRUNED)
                 _line(plan, study, trial, label,
                       f"pruned at epoch {reporter.pruned_epoch} of seed {seed}", t0, out)
-                return
+                return None
         if status in SCORED_STATUSES and acc is not None and math.isfinite(acc):
             scores.append(acc)
         else:
@@ -146,12 +155,13 @@ def run_trial(plan: Plan, study: Any, trial: Any, out) -> None:
     if not scores:  # nothing to average: TPE learns nothing from it, the summary counts it
         study.tell(trial, state=TrialState.FAIL)
         _line(plan, study, trial, label, f"diverged on all {n_diverged} seed(s)", t0, out)
-        return
+        return None
     value = sum(scores) / len(scores)
     study.tell(trial, value)
     extra = f", {n_diverged} diverged" if n_diverged else ""
     _line(plan, study, trial, label, f"mean test acc {value:.4f} over {len(scores)} seed(s){extra}",
           t0, out)
+    return None
 
 
 def _earlier_runs(plan: Plan, numbers: list[int]) -> dict[int, Any]:
