@@ -89,9 +89,6 @@ class _FirstChoice:
         return choices[0]
 
 
-# --------------------------------------------------------------------------- the study
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -101,7 +98,7 @@ def main(argv: list[str], conf_dir: str, out=None) -> int:
     try:
         search, rc, overrides = load(argv, conf_dir)
     except UserError as exc:
-        print(f"search: {exc}" if not str(exc).startswith("search") else exc, file=sys.stderr)
+        print(f"search: {exc}", file=sys.stderr)
         return 2
     from backprop_lab.tracking import client as tracking
 
@@ -117,8 +114,7 @@ def main(argv: list[str], conf_dir: str, out=None) -> int:
         print(f"search: {exc}", file=sys.stderr)
         return 1
     base = semantic_dict(rc)
-    for key in ("seed",):
-        base.pop(key, None)
+    base.pop("seed", None)  # the trials' seeds are search.seeds
     study_name = f"{search.space}-{search.identity(base)[:12]}"
     lock_dir = lock_dir_for(storage)
     Path(lock_dir).mkdir(parents=True, exist_ok=True)
