@@ -201,6 +201,48 @@ def test_bad_arguments_give_one_line_errors(moons):
         check_gradients(model, params, *moons, mode="directional", n_directions=0)
     with pytest.raises(ValueError, match="threshold=-1"):
         check_gradients(model, params, *moons, threshold=-1)
+    with pytest.raises(ValueError, match="path='blocked'.*plain, fused"):
+        check_gradients(model, params, *moons, path="blocked")
     bad = dict(params, W1=np.full_like(params["W1"], np.nan))
     with pytest.raises(ValueError, match="loss"):
         check_gradients(model, bad, *moons)
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_fused_path_check_passes_in_several_blocks(moons, act, depth, monkeypatch):
+    X, y = moons
+    model, params = _model(act, depth, dtype=np.float32)  # what trains may be float32
+    blocks, make = [], model.workspace
+
+    def counting(n, dtype, rows=None):
+        ws = make(n, dtype, rows)
+        blocks.append(-(-n // ws.rows))
+        return ws
+
+    monkeypatch.setattr(model, "workspace", counting)
+    for mode in ("full", "directional"):
+        report = check_gradients(model, params, X, y, mode=mode, path="fused", rng=make_rng(0, "gradcheck"))
+        assert report.passed and report.path == "fused", report.to_dict()
+        assert report.to_dict()["path"] == "fused"
+    assert blocks and min(blocks) >= 2  # the accumulation of block gradients is checked too
+    assert check_gradients(model, params, X, y).path == "plain"
+
+
+def test_fused_path_check_catches_a_bug_the_plain_path_does_not_have(moons, monkeypatch):
+    from backprop_lab.core import mlp
+
+    X, y = moons
+    model, params = _model("tanh", 2)  # smooth: every element is checked
+    real = mlp.bce_sum_and_grad
+
+    def scaled_dz(*args):  # a planted bug in the fused path only: dz x 1.01
+        part, dz = real(*args)
+        dz *= 1.01
+        return part, dz
+
+    monkeypatch.setattr(mlp, "bce_sum_and_grad", scaled_dz)
+    assert check_gradients(model, params, X, y, path="plain").passed
+    fused = check_gradients(model, params, X, y, path="fused")
+    assert not fused.passed and set(fused.failed_params()) == set(params)
+    assert 1e-3 < fused.max_rel_error < 1e-2  # ~0.01 / 2: a 1 % error in every gradient

@@ -103,6 +103,18 @@ def test_fused_path_equals_plain_path(act, dtype, block_bytes, monkeypatch):
         np.testing.assert_array_equal(grads3[k], grads2[k])
 
 
+@pytest.mark.parametrize("rows", [1, 5, 19, 37, 100])
+def test_workspace_rows_set_the_blocks_and_keep_the_gradients(rows):
+    model, params, X, y = setup((3, 4, 6, 1), "tanh", n=37, dtype=np.float64)
+    loss, grads = model.loss_and_grads(params, X, y)
+    ws = model.workspace(37, np.float64, rows=rows)
+    assert ws.rows == min(rows, 37)
+    loss2, grads2 = model.loss_and_grads(params, X, y, ws)
+    assert loss2 == pytest.approx(loss, rel=1e-12)
+    for k in params:
+        np.testing.assert_allclose(grads2[k], grads[k], rtol=1e-12, atol=1e-14, err_msg=k)
+
+
 def _hidden_activations(model, params, X):
     return [model._act_fwd(Z)[0] for Z in model.preactivations(params, X)]
 

@@ -1,7 +1,10 @@
 """The compute part of a run: gradient check at init, training, gradient check after training.
 
-Core only (numpy + the engine): no Hydra, no MLflow. `experiment.run` logs what `compute`
+Core only (numpy + the engine): no Hydra, no MLflow. `tracking.record` logs what `compute`
 returns; `scripts/bench_tracking.py` reuses it for the naive-logging comparison.
+
+Both gradient checks verify the gradients of the path that trains (the fused, cache-blocked
+`loss_and_grads(..., ws)`) against finite differences of the plain forward pass, in float64.
 """
 
 from __future__ import annotations
@@ -34,14 +37,17 @@ class Outcome:
     gradcheck: dict[str, Any]  # gradcheck.json
 
 
-def compute(rc: RunConfig, dataset, model, progress=None, on_trained=None, *, on_epoch=None) -> Outcome:
+def compute(rc: RunConfig, dataset, model, progress=None, on_trained=None, *, on_epoch=None,
+            snapshot_epochs=(), on_snapshot=None) -> Outcome:
     """Gradient check at init, training, gradient check of the trained params.
 
     dataset: data.Dataset (X_train: (N, 2), ...); model: mlp.MLP; progress: a train callback.
     on_epoch(epoch, metrics) -> bool: called after each recorded epoch; True stops training
     (status "stopped", e.g. a search pruning the run).
     on_trained(history): called as soon as training ends, before the second gradient check
-    (experiment.run starts writing the history then, on another thread).
+    (tracking.record starts writing the history then, on another thread).
+    snapshot_epochs, on_snapshot(epoch, params): see `train.train` (the record layer draws
+    decision boundaries of those parameters; the trained ones are `Outcome.params`).
     """
     dtype = np.dtype(rc.train.dtype)
     params = model.init_params(rc.init.name, make_rng(rc.seed, "init"), dtype=dtype, std=rc.init.std)
@@ -59,7 +65,8 @@ def compute(rc: RunConfig, dataset, model, progress=None, on_trained=None, *, on
             return on_epoch(epoch, metrics)
 
     result = train(model, params, dataset, optimizer, epochs=rc.train.epochs,
-                   rng=make_rng(rc.seed, "shuffle"), log_every=rc.train.log_every, callback=callback)
+                   rng=make_rng(rc.seed, "shuffle"), log_every=rc.train.log_every, callback=callback,
+                   snapshot_epochs=snapshot_epochs, on_snapshot=on_snapshot)
     if progress is not None:
         progress.close()
     if on_trained is not None:
@@ -76,7 +83,8 @@ def compute(rc: RunConfig, dataset, model, progress=None, on_trained=None, *, on
 
 
 def _gradcheck(rc, model, params, dataset, rng, when, reports, scalars) -> float:
-    """Check on a fixed float64 subset of the train set; adds gradcheck/<when>/* scalars."""
+    """Check the fused path (what trains) on a fixed float64 subset of the train set; adds
+    gradcheck/<when>/* scalars."""
     gc = rc.gradcheck
     if not gc.enabled:
         return 0.0
@@ -93,7 +101,8 @@ def _gradcheck(rc, model, params, dataset, rng, when, reports, scalars) -> float
         # A nearly diverged model may overflow here: reported as skipped, not as log noise.
         with np.errstate(over="ignore", invalid="ignore"):
             report = check_gradients(model, params, X, y, h=gc.h, mode=mode, rng=rng,
-                                     n_directions=gc.n_directions, threshold=gc.threshold)
+                                     n_directions=gc.n_directions, threshold=gc.threshold,
+                                     path="fused")
     except ValueError as exc:  # e.g. a non-finite loss after training
         reports[when] = {"skipped": str(exc)}
         return time.perf_counter() - t

@@ -3,6 +3,12 @@
 Everything runs in float64 on copies of the parameters and data, so float32 models are
 checked at the precision that can actually tell a wrong gradient from rounding noise.
 
+Which analytic gradients are checked (``path``): ``"plain"`` = ``model.loss_and_grads(p, X, y)``
+(the readable reference), ``"fused"`` = the engine's cache-blocked path that training runs
+(``model.loss_and_grads(p, X, y, ws)``), run in at least two blocks so that the accumulation of
+block gradients is checked as well. The numerical side is always the plain ``model.loss``:
+an independent forward pass. Every run's logged check uses ``"fused"`` (core.compute).
+
 Two modes:
 
 - ``"full"``: central differences ``(f(p + h e_i) - f(p - h e_i)) / 2h`` for EVERY element
@@ -55,6 +61,7 @@ REL_ERROR_FLOOR = 1e-3
 DEFAULT_THRESHOLD = 1e-6
 KINK_ACTIVATIONS = ("relu", "leaky_relu")
 MODES = ("full", "directional")
+PATHS = ("plain", "fused")
 
 
 @dataclass
@@ -102,6 +109,7 @@ class GradCheckReport:
     overall: ParamCheck | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    path: str = "plain"  # which analytic gradients were checked (module docstring)
 
     def to_dict(self) -> dict:
         """Plain JSON-serialisable dict (non-finite floats become None)."""
@@ -121,7 +129,7 @@ def rel_error(a, n, floor: float = REL_ERROR_FLOOR):
 
 
 def check_gradients(model, params, X, y, *, h=1e-6, mode="full", n_directions=32, rng=None,
-                    threshold=DEFAULT_THRESHOLD) -> GradCheckReport:
+                    threshold=DEFAULT_THRESHOLD, path="plain") -> GradCheckReport:
     """Compare ``model.loss_and_grads`` with central differences of ``model.loss``.
 
     model: an object with ``loss_and_grads(params, X, y) -> (loss, grads)``,
@@ -133,9 +141,12 @@ def check_gradients(model, params, X, y, *, h=1e-6, mode="full", n_directions=32
     n_directions: directions per parameter (and for the joint check) in directional mode.
     rng: np.random.Generator for the directions; default ``make_rng(0, "gradcheck")``.
     threshold: pass iff every checked relative error is <= threshold.
+    path: "plain" or "fused" (module docstring); "fused" needs ``model.workspace(n, dtype, rows)``.
     """
     if mode not in MODES:
         raise ValueError(f"gradcheck mode={mode!r} is not valid; use one of {', '.join(MODES)}")
+    if path not in PATHS:
+        raise ValueError(f"gradcheck path={path!r} is not valid; use one of {', '.join(PATHS)}")
     if not h > 0:
         raise ValueError(f"gradcheck h={h!r} is not valid; use a positive step such as 1e-6")
     if mode == "directional" and (isinstance(n_directions, bool)
@@ -150,7 +161,7 @@ def check_gradients(model, params, X, y, *, h=1e-6, mode="full", n_directions=32
     X64 = np.asarray(X, dtype=np.float64)
     y64 = np.asarray(y, dtype=np.float64)
 
-    loss0, grads = model.loss_and_grads(p64, X64, y64)
+    loss0, grads = _analytic(model, p64, X64, y64, path)
     if set(grads) != set(p64):
         raise ValueError(f"gradcheck: backward returned gradients for {sorted(grads)} "
                          f"but the parameters are {sorted(p64)}")
@@ -186,7 +197,18 @@ def check_gradients(model, params, X, y, *, h=1e-6, mode="full", n_directions=32
         mode=mode, h=h, threshold=threshold, floor=floor,
         passed=all(c.passed for c in checks), max_rel_error=float(max_err),
         n_kink_skipped=sum(c.n_kink_skipped for c in per_param.values()),
-        per_param=per_param, overall=overall, seconds=time.perf_counter() - start, notes=notes)
+        per_param=per_param, overall=overall, seconds=time.perf_counter() - start, notes=notes,
+        path=path)
+
+
+def _analytic(model, params, X, y, path):
+    """(loss, grads) of the chosen path, on fresh arrays (the fused path reuses its buffers)."""
+    if path == "plain":
+        return model.loss_and_grads(params, X, y)
+    n = X.shape[0]
+    ws = model.workspace(n, np.float64, rows=max(1, (n + 1) // 2))  # >= 2 blocks when n >= 2
+    loss, grads = model.loss_and_grads(params, X, y, ws)
+    return loss, {k: np.array(g, copy=True) for k, g in grads.items()}
 
 
 class _KinkProbe:

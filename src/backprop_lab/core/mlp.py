@@ -7,14 +7,16 @@ the loss, see ``losses.bce_with_logits``).
 Two ways to get gradients, tested against each other:
 
 - ``forward`` / ``backward`` / ``loss_and_grads(params, X, y)``: the plain CS231n composition
-  of ``layers``, fresh arrays on every call (what tests and the gradient check use).
+  of ``layers``, fresh arrays on every call: the readable reference (tests hold the fused path
+  equal to it and check it against finite differences).
 - ``loss_and_grads(params, X, y, ws)`` with a ``Workspace``: the engine's fused path. Rows of
   a batch are independent until the gradients are summed, so it runs forward, loss and
   backward over blocks of rows small enough to stay in the CPU cache and accumulates the
   gradients; no (N, H) array is ever materialised and nothing is allocated per step beyond
   tiny temporaries. A batch that fits one block (the seed notebook's 320 x 10) is one pass of
   the plain algorithm. Results agree with the plain path to rounding (the sums are grouped
-  differently) and are bit-identical from run to run.
+  differently) and are bit-identical from run to run. This is the path training runs, so it
+  is the one every run's logged gradient check verifies (``check_gradients(..., path="fused")``).
 """
 
 from __future__ import annotations
@@ -32,16 +34,22 @@ BLOCK_BYTES = 1 << 18
 class Workspace:
     """Buffers of the fused path for batches of exactly ``n`` rows of one dtype.
 
+    ``rows``: rows per block; by default as many as fit in ``BLOCK_BYTES`` (what training uses).
+    The gradient check passes fewer, so that even its small batch runs several blocks and the
+    accumulation of block gradients is checked too.
+
     After ``loss_and_grads(..., ws)``: ``ws.logits: (n,)``, ``ws.grads`` (same names and shapes as
     the params; overwritten by the next call) and, with ``track_units=True``, ``ws.unit_max[l]:
     (H_l,)`` = the largest activation of every hidden unit over the batch.
     """
 
-    def __init__(self, model: "MLP", n: int, dtype=np.float64):
+    def __init__(self, model: "MLP", n: int, dtype=np.float64, rows: int | None = None):
         self.n, self.dtype = int(n), np.dtype(dtype)
         sizes = model.layer_sizes
         widest = max(sizes[1:-1], default=1)
-        self.rows = max(1, min(self.n, BLOCK_BYTES // (self.dtype.itemsize * widest)))
+        if rows is None:
+            rows = BLOCK_BYTES // (self.dtype.itemsize * widest)
+        self.rows = max(1, min(self.n, int(rows)))
         r, hidden = self.rows, range(1, model.n_layers)
         self.a = {l: np.empty((r, sizes[l]), self.dtype) for l in hidden}  # activations of a block
         self.da = {l: np.empty((r, sizes[l]), self.dtype) for l in hidden}  # their gradients
@@ -86,9 +94,9 @@ class MLP:
         """Fresh parameters drawn with ``scheme`` (see ``initializers``); biases are zero."""
         return _init_params(self.layer_sizes, scheme, rng, dtype=dtype, std=std)
 
-    def workspace(self, n: int, dtype=np.float64) -> Workspace:
-        """Buffers for ``loss_and_grads(..., ws)`` on batches of ``n`` rows."""
-        return Workspace(self, n, dtype)
+    def workspace(self, n: int, dtype=np.float64, rows: int | None = None) -> Workspace:
+        """Buffers for ``loss_and_grads(..., ws)`` on batches of ``n`` rows (``rows`` per block)."""
+        return Workspace(self, n, dtype, rows)
 
     # ---- plain path -------------------------------------------------------------------------
     def forward(self, params, X):

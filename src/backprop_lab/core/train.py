@@ -132,12 +132,27 @@ def metric_names(model) -> list[str]:
     return names
 
 
-def train(model, params, dataset, optimizer, *, epochs, rng, log_every=1, callback=None) -> TrainResult:
+def snapshot_schedule(epochs: int) -> list[int]:
+    """Log-spaced epochs at which to look at a model while it trains: 0, 10, 100, ... below
+    ``epochs`` (the same steps for every run, so runs line up; the trained parameters are the
+    last picture, at step ``epochs``)."""
+    out, e = [0], 10
+    while e < epochs:
+        out.append(e)
+        e *= 10
+    return out
+
+
+def train(model, params, dataset, optimizer, *, epochs, rng, log_every=1, callback=None,
+          snapshot_epochs=(), on_snapshot=None) -> TrainResult:
     """Train a copy of ``params`` for ``epochs`` epochs; see the module docstring for the history.
 
     rng: the "shuffle" stream (unused by full-batch optimizers). log_every: record the metrics
     every ``log_every`` epochs (epoch 0 and the last epoch are always recorded).
     callback(epoch, metrics) is called after each recorded epoch; returning True stops training.
+    on_snapshot(epoch, params) is called at the start of each epoch in ``snapshot_epochs`` that
+    the run reaches with finite parameters (the parameters after ``epoch`` updates); ``params``
+    is the live dict: read it or copy it, never modify it.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
@@ -159,6 +174,7 @@ def train(model, params, dataset, optimizer, *, epochs, rng, log_every=1, callba
     W_before = {k: np.empty_like(params[k]) for k in W_names}
     row, status, diverged_epoch, stopped_epoch = 0, "finished", None, None
     values = list(params.values())
+    snapshots = set(snapshot_epochs) if on_snapshot is not None else set()
 
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         for epoch in range(epochs):
@@ -175,6 +191,8 @@ def train(model, params, dataset, optimizer, *, epochs, rng, log_every=1, callba
             if not ok:
                 status, diverged_epoch = "diverged", epoch
                 break
+            if epoch in snapshots:
+                on_snapshot(epoch, params)
             if is_log:
                 m = {"train/loss": loss, "train/acc": _acc(ws.logits, tr.y)}
                 if track_dead:  # a unit is dead when no training sample activates it
