@@ -4,8 +4,9 @@
 
 Reads the run's config/config.yaml artifact, recomputes the run in this process (same code path
 as experiment.run: data, init, gradient check, training, gradient check) WITHOUT writing to the
-store, then compares every logged metric history (as logged: rounded by tracking.metric_batch,
-non-finite values dropped), history.csv (exact float64) and params.npz (bit for bit).
+store, then compares every logged metric history (as logged: downsampled by
+record.logged_history, rounded by tracking.metric_batch, non-finite values dropped), history.npz
+(exact float64) and params.npz (bit for bit).
 Wall-clock metrics (time/*) are not compared. Prints MATCH or the first difference.
 Exit code: 0 match, 1 difference, 2 bad input (unknown run, missing store or artifact).
 """
@@ -100,9 +101,11 @@ def recompute(rc):
 
 
 def expected_metrics(outcome) -> dict[str, list[tuple[int, float]]]:
-    """key -> [(step, value)] exactly as experiment.run logs them (rounded, finite only)."""
-    steps = outcome.history["epoch"]
-    series = [(k, steps, v) for k, v in outcome.history.items() if k != "epoch"]
+    """key -> [(step, value)] exactly as a run logs them (downsampled, rounded, finite only)."""
+    from backprop_lab.tracking.record import logged_history
+
+    logged = logged_history(outcome.history)
+    series = [(k, logged["epoch"], v) for k, v in logged.items() if k != "epoch"]
     series += [(k, [0], [v]) for k, v in outcome.scalars.items()]
     out: dict[str, list[tuple[int, float]]] = {}
     for m in tracking.metric_batch(series, 0):
@@ -133,31 +136,32 @@ def compare_metrics(client, run, outcome) -> tuple[str | None, int]:
 
 
 def compare_artifacts(client, run, outcome, folder: Path) -> str | None:
-    """history.csv (float64 exactly, %.17g round-trips) and params.npz (bit for bit).
+    """history.npz (float64, bit for bit) and params.npz (bit for bit).
 
     Raises ReproduceError naming the artifact when one is missing (nothing to compare with).
     """
+    from backprop_lab.tracking.record import read_history_npz
+
     run_id = run.info.run_id
     paths = {}
-    for name in ("history.csv", "params.npz"):
+    for name in ("history.npz", "params.npz"):
         try:
             paths[name] = Path(client.download_artifacts(run_id, name, str(folder)))
         except (tracking.MlflowException, OSError):
             raise ReproduceError(missing_artifact(run, name)) from None
-    csv_path, npz_path = paths["history.csv"], paths["params.npz"]
-    header = csv_path.read_text().splitlines()[0].split(",")
-    logged = np.loadtxt(csv_path, delimiter=",", skiprows=1, ndmin=2)  # (E, M+1)
-    names = ["epoch"] + [k for k in outcome.history if k != "epoch"]
-    rerun = np.column_stack([np.asarray(outcome.history[k], dtype=np.float64) for k in names])
-    if header != names:
-        return f"history.csv columns differ: logged {header}, re-run {names}"
-    if logged.shape != rerun.shape:
-        return f"history.csv shape differs: logged {logged.shape}, re-run {rerun.shape}"
-    diff = ~((logged == rerun) | (np.isnan(logged) & np.isnan(rerun)))
-    if diff.any():
-        row, col = np.argwhere(diff)[0]
-        return (f"history.csv {names[col]} epoch {int(rerun[row, 0])}: logged {logged[row, col]!r}, "
-                f"re-run {rerun[row, col]!r}")
+    npz_path = paths["params.npz"]
+    logged = read_history_npz(paths["history.npz"])
+    if list(logged) != list(outcome.history):
+        return f"history.npz keys differ: logged {list(logged)}, re-run {list(outcome.history)}"
+    epochs = np.asarray(outcome.history["epoch"])
+    for name, rerun in outcome.history.items():
+        a, b = logged[name], np.asarray(rerun, dtype=logged[name].dtype)
+        if a.shape != b.shape:
+            return f"history.npz {name}: {a.shape[0]} epochs logged, {b.shape[0]} re-run"
+        diff = np.flatnonzero(~((a == b) | (np.isnan(a) & np.isnan(b))))
+        if diff.size:
+            i = int(diff[0])
+            return f"history.npz {name} epoch {int(epochs[i])}: logged {a[i]!r}, re-run {b[i]!r}"
     with np.load(npz_path) as stored:
         for name, value in outcome.params.items():
             if name not in stored or not np.array_equal(stored[name], value, equal_nan=True) \
@@ -182,7 +186,7 @@ def reproduce(run_id: str, uri: str | None = None, out=sys.stdout) -> int:
     if diff:
         print(f"DIFFERENT: {name}: {diff}", file=out)
         return 1
-    print(f"MATCH: {name}: {n} logged metric values, history.csv and params.npz identical "
+    print(f"MATCH: {name}: {n} logged metric values, history.npz and params.npz identical "
           f"(time/* not compared)", file=out)
     return 0
 

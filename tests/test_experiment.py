@@ -1,8 +1,8 @@
 """experiment.run without the Hydra CLI: a real run into a temporary SQLite store, read back."""
 
-import csv
-import io
 import json
+import re
+import time
 
 import numpy as np
 import pytest
@@ -16,7 +16,7 @@ from backprop_lab.tracking.run import JobContext
 
 EPOCHS = 12
 ARTIFACTS = {"plots/decision_boundary.png", "plots/curves.png", "plots/data.png", "config/config.yaml",
-             "config/overrides.yaml", "history.csv", "params.npz", "gradcheck.json"}
+             "config/overrides.yaml", "history.npz", "params.npz", "gradcheck.json"}
 TAGS = ("bpl.status", "bpl.config_key", "bpl.role", "bpl.preset", "bpl.git_commit", "bpl.git_dirty",
         "bpl.python", "bpl.numpy", "bpl.mlflow")
 
@@ -33,6 +33,12 @@ def make_cfg(tmp_path, hydra_ctx):
         store = [f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"tracking.artifact_root={tmp_path / 'art'}"]
         return compose("config", overrides=[*store, f"train.epochs={EPOCHS}", *overrides])
     return make
+
+
+def _image_steps(paths, key="decision_boundary"):
+    """Steps of MLflow's log_image files (images/<key>+step+<step>+timestamp+...png)."""
+    return sorted(int(m.group(1)) for p in paths
+                  if (m := re.fullmatch(rf"images/{key}\+step\+(\d+)\+timestamp\+\d+\+[-0-9a-f]+\.png", p)))
 
 
 def _artifacts(client, run_id, path=None):
@@ -86,16 +92,19 @@ def test_single_run_logs_every_contracted_name(make_cfg, tmp_path, capsys):
     assert tags["bpl.config_key"] == C.config_key(rc) == summary.config_key
     assert "mlflow.parentRunId" not in tags
 
-    assert set(_artifacts(client, summary.run_id)) == ARTIFACTS
+    listed = _artifacts(client, summary.run_id)
+    assert {a for a in listed if not a.startswith("images/")} == ARTIFACTS
+    assert _image_steps(listed) == [0, 10, EPOCHS]  # log_image: snapshot_schedule(12) + the end
     [ds] = run.inputs.dataset_inputs
     assert ds.dataset.name == "blobs-train" and len(ds.dataset.digest) >= 8
     assert any(t.key == "mlflow.data.context" and t.value == "train" for t in ds.tags)
 
     # Artifacts: exact history, reloadable params and config, gradcheck report.
     local = client.download_artifacts(summary.run_id, "", str(tmp_path / "dl"))
-    rows = list(csv.DictReader(io.StringIO(open(f"{local}/history.csv").read())))
-    assert len(rows) == EPOCHS and set(per_epoch) | {"epoch"} == set(rows[0])
-    assert float(rows[-1]["train/loss"]) == pytest.approx(
+    with np.load(f"{local}/history.npz") as stored:
+        history = {k: stored[k] for k in stored.files}
+    assert set(history) == set(per_epoch) | {"epoch"} and list(history["epoch"]) == list(range(EPOCHS))
+    assert history["train/loss"][-1] == pytest.approx(
         client.get_metric_history(summary.run_id, "train/loss")[-1].value, rel=1e-5)
     assert set(np.load(f"{local}/params.npz").files) == {"W1", "b1", "W2", "b2"}
     assert C.validate(yaml.safe_load(open(f"{local}/config/config.yaml"))) == rc
@@ -206,3 +215,135 @@ def test_blas_threads_limit_the_run_and_are_not_part_of_its_identity(make_cfg):
     one, default = validate(make_cfg("blas_threads=1")), validate(make_cfg("blas_threads=null"))
     assert (one.blas_threads, default.blas_threads) == (1, None)
     assert config_key(one) == config_key(default)
+
+
+# --------------------------------------------------------------------------- what a run records
+
+
+def _recorded_run(make_cfg, *overrides):
+    """record.train_and_log on a run created as run.run creates it: (client, run_id, Recorded)."""
+    from backprop_lab.tracking import client as tracking
+    from backprop_lab.tracking import record
+
+    rc = C.validate(make_cfg(*overrides))
+    uri, art = tracking.resolve_tracking(rc)
+    client = tracking.prepare_store(uri, art)
+    info = client.create_run(tracking.ensure_experiment(client, rc.experiment_name, art)).info
+    return client, info.run_id, record.train_and_log(client, info, rc, overrides, time.perf_counter())
+
+
+def test_boundary_images_form_over_log_spaced_steps_and_the_trained_one_is_returned(make_cfg, tmp_path):
+    from PIL import Image
+
+    client, run_id, recorded = _recorded_run(make_cfg, "train.epochs=120")
+    assert recorded.status == "finished"
+    listed = _artifacts(client, run_id)
+    assert _image_steps(listed) == [0, 10, 100, 120]  # MLflow's image grid: one step per snapshot
+    assert sum(p.endswith("+compressed.webp") for p in listed) == 4  # the grid's thumbnails
+    assert client.get_run(run_id).data.tags["mlflow.loggedImages"].lower() == "true"
+    local = client.download_artifacts(run_id, "", str(tmp_path / "dl"))
+    assert recorded.boundary_png == open(f"{local}/plots/decision_boundary.png", "rb").read()
+    assert recorded.boundary_png.startswith(b"\x89PNG")
+    frames = {int(re.search(r"\+step\+(\d+)\+", p).group(1)): np.asarray(Image.open(f"{local}/{p}"))
+              for p in listed if p.endswith(".png") and p.startswith("images/")}
+    assert {f.shape for f in frames.values()} == {(230, 256, 3)}  # the thumbnail's size: no rescale
+    assert not np.array_equal(frames[0], frames[120])  # the boundary moved while training
+
+
+@pytest.mark.parametrize("optim", ["gd", "sgd"])
+def test_snapshots_hand_the_params_of_their_epoch_and_change_nothing(optim):
+    from backprop_lab.core.data import load_dataset
+    from backprop_lab.core.mlp import MLP
+    from backprop_lab.core.optim import make_optimizer
+    from backprop_lab.core.rng import make_rng
+    from backprop_lab.core.train import snapshot_schedule, train
+
+    assert snapshot_schedule(1) == [0] and snapshot_schedule(1000) == [0, 10, 100]
+    assert snapshot_schedule(20000) == [0, 10, 100, 1000, 10000]
+    ds = load_dataset("moons", rng=make_rng(0, "data"))
+    model = MLP((2, 6, 1))
+    params = model.init_params("he", make_rng(0, "init"))
+
+    def fit(epochs, **kw):
+        return train(model, params, ds, make_optimizer(optim, 0.1), epochs=epochs,
+                     rng=make_rng(0, "shuffle"), **kw)
+
+    seen = {}
+    watched = fit(120, snapshot_epochs=snapshot_schedule(120),
+                  on_snapshot=lambda e, p: seen.setdefault(e, {k: v.copy() for k, v in p.items()}))
+    plain = fit(120)
+    assert sorted(seen) == [0, 10, 100]
+    for k in plain.history:  # bit-identical with and without snapshots
+        assert np.array_equal(watched.history[k], plain.history[k]), k
+    assert all(np.array_equal(watched.params[k], plain.params[k]) for k in params)
+    for epoch, snap in seen.items():  # the parameters after `epoch` epochs
+        after = fit(epoch).params if epoch else params
+        assert all(np.array_equal(snap[k], after[k]) for k in params), epoch
+
+
+def test_a_bug_in_the_fused_path_only_fails_the_logged_gradient_check(make_cfg, monkeypatch, tmp_path):
+    from backprop_lab.core import compute, mlp
+    from backprop_lab.core.data import load_dataset
+    from backprop_lab.core.gradcheck import check_gradients
+    from backprop_lab.core.rng import make_rng
+
+    rc = C.validate(make_cfg())
+    ds = load_dataset(rc.data.name, rng=make_rng(rc.seed, "data"))
+    model = mlp.MLP(rc.model.layer_sizes(2), activation=rc.model.activation)
+    clean = compute.compute(rc, ds, model)
+    for when in ("init", "trained"):
+        assert clean.gradcheck[when]["passed"] and clean.gradcheck[when]["path"] == "fused"
+        assert clean.scalars[f"gradcheck/{when}/max_rel_err"] < 1e-6
+
+    real = mlp.bce_sum_and_grad  # used by the fused path only (the plain one: bce_with_logits)
+
+    def scaled_dz(*args):
+        part, dz = real(*args)
+        dz *= 1.01
+        return part, dz
+
+    monkeypatch.setattr(mlp, "bce_sum_and_grad", scaled_dz)
+    params = model.init_params(rc.init.name, make_rng(rc.seed, "init"))
+    X, y = ds.X_train[:64], ds.y_train[:64]
+    assert check_gradients(model, params, X, y, path="plain").passed  # the reference cannot see it
+    buggy = compute.compute(rc, ds, model)
+    for when in ("init", "trained"):
+        assert not buggy.gradcheck[when]["passed"]
+        assert buggy.scalars[f"gradcheck/{when}/max_rel_err"] > 1e-3  # dz x 1.01: ~5e-3
+
+    summary = experiment.run(make_cfg())  # and what the run logs says so
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.get_run(summary.run_id).data.metrics["gradcheck/init/max_rel_err"] > 1e-3
+    report = json.load(open(client.download_artifacts(summary.run_id, "gradcheck.json", str(tmp_path))))
+    assert report["init"]["passed"] is False and report["init"]["path"] == "fused"
+
+
+def test_long_runs_log_bounded_series_and_keep_the_exact_history(make_cfg, monkeypatch, tmp_path):
+    from backprop_lab import analysis
+    from backprop_lab.tracking import record
+
+    assert record.SERIES_POINTS >= 500  # what the UI draws per curve
+    monkeypatch.setattr(record, "SERIES_POINTS", 50)  # the same rule, on a run the test can afford
+    client, run_id, recorded = _recorded_run(make_cfg, "train.epochs=300")
+    steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+    assert sorted(steps) == sorted(set(steps)) and len(steps) == 50
+    assert min(steps) == 0 and max(steps) == 299  # first and last epoch, real epoch numbers
+    gaps = np.diff(sorted(steps))
+    assert gaps.max() - gaps.min() <= 1  # evenly spaced
+    assert client.get_run(run_id).data.metrics["train/loss"] == pytest.approx(
+        recorded.metrics["final/train_loss"], rel=1e-2)  # the latest value is the last epoch's
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exact = analysis.load_histories(uri, [run_id], metrics=("train/loss",), source="artifact")
+    logged = analysis.load_histories(uri, [run_id], metrics=("train/loss",), source="metrics")
+    assert list(exact["epoch"]) == list(range(300)) and list(logged["epoch"]) == sorted(steps)
+    on_steps = exact.set_index("epoch").loc[sorted(steps), "value"].to_numpy()
+    assert np.allclose(logged["value"], on_steps, rtol=5e-6, atol=0)  # the same values, 6 digits
+    assert analysis.load_histories(uri, [run_id], metrics=("train/loss",)).equals(exact)  # auto
+
+    # A run logged before history.npz existed: its history.csv is read instead.
+    old = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "history.csv").write_text("epoch,train/loss\n0,0.5\n1,0.25\n")
+    client.log_artifact(old, str(tmp_path / "old" / "history.csv"))
+    assert list(analysis.load_histories(uri, [old], metrics=("train/loss",))["value"]) == [0.5, 0.25]

@@ -211,8 +211,8 @@ def test_project_sweep_is_bit_identical_with_one_or_two_workers(tmp_path):
         results[n] = {
             r.data.tags["bpl.config_key"]: (
                 {k: v for k, v in r.data.metrics.items() if not k.startswith("time/")},
-                Path(client.download_artifacts(r.info.run_id, "history.csv",
-                                               str(store / r.info.run_id))).read_text(),
+                Path(client.download_artifacts(r.info.run_id, "history.npz",
+                                               str(store / r.info.run_id))).read_bytes(),
             )
             for r in runs
         }

@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from backprop_lab.serve.server import ServeError, _group_alive, free_port, redact_uri, start_mlflow
@@ -117,9 +118,10 @@ def _check_through_the_server(tmp_path: Path, url: str) -> None:
         assert all(m.value > 0 for m in history)
         plots = {f.path for f in client.list_artifacts(child.info.run_id, "plots")}
         assert "plots/decision_boundary.png" in plots
-        # A round trip through the server's artifact proxy: history.csv has one row per epoch.
-        csv = Path(client.download_artifacts(child.info.run_id, "history.csv", str(tmp_path / "dl")))
-        assert len(csv.read_text().strip().splitlines()) == 1 + EPOCHS
+        # A round trip through the server's artifact proxy: history.npz has one row per epoch.
+        npz = Path(client.download_artifacts(child.info.run_id, "history.npz", str(tmp_path / "dl")))
+        with np.load(npz) as history:
+            assert list(history["epoch"]) == list(range(EPOCHS))
     assert "sweep/children.csv" in {f.path for f in client.list_artifacts(parent.info.run_id, "sweep")}
     assert len(list((tmp_path / "mlartifacts").rglob("decision_boundary.png"))) == 2
 

@@ -140,3 +140,20 @@ def test_caches_are_bounded(moons, trained):
     for n in range(render.MAX_LAYOUTS + 3):
         render.curves_png(_history(n + 2))
     assert len(render._CURVES) == render.MAX_LAYOUTS
+
+
+def test_boundary_pixels_are_the_png_picture_and_scale_with_dpi(moons, trained):
+    model, _, result = trained
+    png = render.decision_boundary_png(model, result.params, moons)
+    pixels = render.decision_boundary_pixels(model, result.params, moons)
+    rgba = np.asarray(Image.open(io.BytesIO(png)))
+    assert pixels.dtype == np.uint8 and pixels.shape == rgba.shape[:2] + (3,)
+    assert (rgba[..., 3] == 255).all() and np.array_equal(pixels, rgba[..., :3])  # opaque: RGB suffices
+    rgb_png = render.encode_png(pixels)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(rgb_png))), pixels)  # lossless RGB PNG
+    assert len(rgb_png) < len(png)
+    small = render.decision_boundary_pixels(model, result.params, moons, grid=100, dpi=64)
+    w, h = plots.FIGSIZE
+    assert small.shape == (round(h * 64), round(w * 64), 3)  # (230, 256, 3)
+    again = render.decision_boundary_pixels(model, result.params, moons)
+    assert np.array_equal(again, pixels)  # the small layout is cached apart from the full one

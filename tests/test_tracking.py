@@ -222,7 +222,9 @@ def test_log_history_async_writes_the_same_rows(store):
     slow = client.create_run(exp_id).info.run_id
     series = [("train/loss", range(0, 500, 2), [1.0 / (i + 1) for i in range(250)]),
               ("grad_norm/W1", range(250), [1e-3 * i / 7 for i in range(250)])]
-    latest = tracking.log_history_async(client, fast, series, 1234).result()
+    written = tracking.log_history_async(client, fast, series, 1234).result()
+    assert written.path == "bulk"  # the pinned MLflow takes the fast insert
+    latest = written.latest
     assert sorted((m.key, m.step) for m in latest) == [("grad_norm/W1", 249), ("train/loss", 498)]
     tracking.log_metrics(client, fast, latest)
     tracking.log_metrics(client, slow, tracking.metric_batch(series, 1234))
@@ -254,3 +256,70 @@ def test_prepare_store_again_after_the_file_was_deleted(tmp_path):
     client = tracking.prepare_store(uri, art)
     assert (tmp_path / "m.db").is_file()
     assert tracking.ensure_experiment(client, "again", art)
+
+
+def test_metrics_table_contract_of_the_pinned_mlflow(store):
+    """The fast history insert writes MLflow's `metrics` table directly. Upgrading MLflow makes
+    this test fail on purpose: re-check what docs/pipeline.md ("Upgrading MLflow") lists, then
+    move the pin."""
+    import sqlite3
+
+    import mlflow
+    from mlflow.store.tracking.dbmodels.models import SqlMetric
+
+    assert mlflow.__version__ == "3.17.2"
+    table = SqlMetric.__table__
+    assert table.name == "metrics" and set(table.c.keys()) == tracking.METRICS_COLUMNS
+    assert set(table.primary_key.columns.keys()) == tracking.METRICS_COLUMNS
+    client, uri, _ = store
+    with sqlite3.connect(tracking.sqlite_path(uri)) as con:  # the migrated store itself
+        info = con.execute("PRAGMA table_info(metrics)").fetchall()
+    assert {row[1]: row[2] for row in info} == {
+        "key": "VARCHAR(250)", "value": "FLOAT", "timestamp": "BIGINT", "step": "BIGINT",
+        "is_nan": "BOOLEAN", "run_uuid": "VARCHAR(32)"}
+    assert client._tracking_client.store.engine.url.drivername == "sqlite"  # the attribute used
+
+
+SERIES = [("train/loss", range(40), [1.0 / (i + 1) for i in range(40)]),
+          ("test/acc", range(40), [i / 40 for i in range(40)])]
+
+
+def _rows(client, run_id):
+    return {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k, _, _ in SERIES}
+
+
+class _RenamedInternals:
+    """An MLflow client whose private `_tracking_client` has another name (public API intact)."""
+
+    def __init__(self, client):
+        self.tracking_uri, self.log_batch = client.tracking_uri, client.log_batch
+
+
+@pytest.mark.parametrize("fault", ["attribute renamed", "table changed", "insert raised"])
+def test_fast_history_insert_falls_back_to_log_batch_with_one_warning(store, monkeypatch, capsys, fault):
+    import sqlalchemy.exc
+
+    client, _, art = store
+    exp_id = tracking.ensure_experiment(client, "fallback", art)
+    reference = client.create_run(exp_id).info.run_id
+    tracking.log_metrics(client, reference, tracking.metric_batch(SERIES, 5))
+    monkeypatch.setattr(tracking, "_WARNED", set())
+    writer = client
+    if fault == "attribute renamed":
+        writer = _RenamedInternals(client)
+    elif fault == "table changed":  # e.g. a new column the insert would not fill
+        monkeypatch.setattr(tracking, "METRICS_COLUMNS", tracking.METRICS_COLUMNS | {"model_id"})
+    else:
+        def fail(*args):
+            raise sqlalchemy.exc.OperationalError("INSERT", (), Exception("no such column: is_nan"))
+        monkeypatch.setattr(tracking, "_insert_metric_rows", fail)
+    runs = [client.create_run(exp_id).info.run_id for _ in range(2)]
+    for run_id in runs:  # two runs of one process: one warning
+        written = tracking.log_history_async(writer, run_id, SERIES, 5).result()
+        assert written.path == "log_batch"
+        tracking.log_metrics(client, run_id, written.latest)
+    err = capsys.readouterr().err
+    assert err.count("backprop-lab warning") == 1 and err.count("\n") == 1 and "log_batch" in err
+    for run_id in runs:
+        assert _rows(client, run_id) == _rows(client, reference)
+    assert client.get_run(runs[0]).data.metrics == client.get_run(reference).data.metrics

@@ -152,7 +152,8 @@ def train(model, params, dataset, optimizer, *, epochs, rng, log_every=1, callba
     callback(epoch, metrics) is called after each recorded epoch; returning True stops training.
     on_snapshot(epoch, params) is called at the start of each epoch in ``snapshot_epochs`` that
     the run reaches with finite parameters (the parameters after ``epoch`` updates); ``params``
-    is the live dict: read it or copy it, never modify it.
+    is the live dict: read it or copy it, never modify it. ``TrainResult.seconds`` leaves out
+    the time spent in ``on_snapshot`` (the caller's drawing is not training).
     """
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
@@ -175,6 +176,7 @@ def train(model, params, dataset, optimizer, *, epochs, rng, log_every=1, callba
     row, status, diverged_epoch, stopped_epoch = 0, "finished", None, None
     values = list(params.values())
     snapshots = set(snapshot_epochs) if on_snapshot is not None else set()
+    snapshot_s = 0.0
 
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         for epoch in range(epochs):
@@ -192,7 +194,9 @@ def train(model, params, dataset, optimizer, *, epochs, rng, log_every=1, callba
                 status, diverged_epoch = "diverged", epoch
                 break
             if epoch in snapshots:
+                t_snap = time.perf_counter()
                 on_snapshot(epoch, params)
+                snapshot_s += time.perf_counter() - t_snap
             if is_log:
                 m = {"train/loss": loss, "train/acc": _acc(ws.logits, tr.y)}
                 if track_dead:  # a unit is dead when no training sample activates it
@@ -224,7 +228,7 @@ def train(model, params, dataset, optimizer, *, epochs, rng, log_every=1, callba
                     break
         if status != "diverged" and not _finite(*values):
             status, diverged_epoch, stopped_epoch = "diverged", stopped_epoch or epochs, None
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0 - snapshot_s
         history = {"epoch": hist_epoch[:row], **{k: v[:row] for k, v in hist.items()}}
         if status != "diverged":
             final = {

@@ -65,18 +65,25 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def _encode(canvas) -> bytes:
-    """The canvas as an RGBA PNG, zlib level 1, no row filter, with the DPI (pHYs) recorded.
+    """The canvas as an RGBA PNG (see encode_png)."""
+    return encode_png(np.asarray(canvas.buffer_rgba()))
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """pixels (H, W, 3 or 4) uint8 -> RGB or RGBA PNG, zlib level 1, no row filter, with the
+    DPI (pHYs) recorded.
 
     Written by hand (4 chunks) rather than with Pillow: on the boundary figure Pillow's
     encoder (adaptive row filters) took 9 ms against 4 ms here, for a larger file (58 kB
     against 51 kB: these flat-colour plots compress well unfiltered). Same pixels decoded.
     """
-    w, h = canvas.get_width_height()
-    rows = np.zeros((h, 1 + 4 * w), np.uint8)  # each row: filter byte 0 ("none") + RGBA
-    rows[:, 1:] = np.asarray(canvas.buffer_rgba()).reshape(h, 4 * w)
+    h, w, c = pixels.shape
+    rows = np.zeros((h, 1 + c * w), np.uint8)  # each row: filter byte 0 ("none") + pixels
+    rows[:, 1:] = pixels.reshape(h, c * w)
+    colour = {3: 2, 4: 6}[c]  # PNG colour types: 2 = RGB, 6 = RGBA
     per_metre = round(plots.DPI / 0.0254)
     return b"".join([b"\x89PNG\r\n\x1a\n",
-                     _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0)),  # 8-bit RGBA
+                     _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0)),
                      _chunk(b"pHYs", struct.pack(">IIB", per_metre, per_metre, 1)),
                      _chunk(b"IDAT", zlib.compress(rows.data, 1)),
                      _chunk(b"IEND", b"")])
@@ -103,9 +110,9 @@ class _Layer:
         pixels[self.index, :3] = (self.premultiplied + self.keep * under).astype(np.uint8)
 
 
-def _finish_layout(fig, animated):
+def _finish_layout(fig, animated, dpi=plots.DPI):
     """Set ``animated`` (drawn per run, not part of the background), draw the background."""
-    fig.set_dpi(plots.DPI)  # what savefig(dpi=DPI) sets while it draws
+    fig.set_dpi(dpi)  # what savefig(dpi=DPI) sets while it draws
     for a in animated:
         a.set_animated(True)
     fig.canvas.draw()
@@ -115,7 +122,8 @@ def _finish_layout(fig, animated):
 class _BoundaryLayout:
     """One dataset's boundary figure: backgrounds per title, the points + axes layer."""
 
-    def __init__(self, dataset, grid):
+    def __init__(self, dataset, grid, dpi=plots.DPI):
+        self.dpi = dpi
         self.xx, self.yy = plots.boundary_grid(dataset.extent, grid)
         title = plots.boundary_title(dataset, True)
         placeholder = np.zeros((grid, grid))  # the image's data is set per run
@@ -127,7 +135,7 @@ class _BoundaryLayout:
         self.points_layer += [ax.xaxis, ax.yaxis]  # tick marks touch the image's edge pixels
         self.spines = list(ax.spines.values())
         animated = [self.image, self.contour, *self.points_layer, *self.spines]
-        self.backgrounds = {title: _finish_layout(self.fig, animated)}
+        self.backgrounds = {title: _finish_layout(self.fig, animated, dpi)}
         self.layer = _Layer(ax, self.points_layer)
         self._points = {}
         # the contour generator Matplotlib's ax.contour uses (same algorithm and options)
@@ -144,10 +152,11 @@ class _BoundaryLayout:
     def background(self, title):
         if title not in self.backgrounds:  # e.g. the "[non-finite output]" variant
             self.ax.set_title(title, fontsize=9)
-            self.backgrounds[title] = _finish_layout(self.fig, [])
+            self.backgrounds[title] = _finish_layout(self.fig, [], self.dpi)
         return self.backgrounds[title]
 
-    def render(self, proba, title) -> bytes:
+    def draw(self, proba, title):
+        """Draw the picture of ``proba`` on the layout's canvas (returned)."""
         canvas, ax = self.fig.canvas, self.ax
         canvas.restore_region(self.background(title))
         self.image.set_data(proba)
@@ -161,17 +170,30 @@ class _BoundaryLayout:
             ax.draw_artist(self.contour)
         for spine in self.spines:
             ax.draw_artist(spine)
-        return _encode(canvas)
+        return canvas
+
+
+def _draw_boundary(model, params, dataset, grid, dpi=plots.DPI):
+    layout = _BOUNDARY.get_or_make((plots.dataset_digest(dataset), grid, dpi),
+                                   lambda: _BoundaryLayout(dataset, grid, dpi))
+    dtype = np.dtype(next(iter(params.values())).dtype)
+    proba = plots.boundary_proba(model, params, layout.points(dtype), grid)
+    return layout.draw(proba, plots.boundary_title(dataset, bool(np.isfinite(proba).all())))
 
 
 def decision_boundary_png(model, params, dataset, *, grid=200) -> bytes:
     """PNG bytes of ``plots.decision_boundary_figure(model, params, dataset, grid=grid)`` saved
     with ``plots.save_figure``; the figure of each dataset is drawn once per process."""
-    layout = _BOUNDARY.get_or_make((plots.dataset_digest(dataset), grid),
-                                   lambda: _BoundaryLayout(dataset, grid))
-    dtype = np.dtype(next(iter(params.values())).dtype)
-    proba = plots.boundary_proba(model, params, layout.points(dtype), grid)
-    return layout.render(proba, plots.boundary_title(dataset, bool(np.isfinite(proba).all())))
+    return _encode(_draw_boundary(model, params, dataset, grid))
+
+
+def decision_boundary_pixels(model, params, dataset, *, grid=200, dpi=plots.DPI) -> np.ndarray:
+    """The same picture as ``decision_boundary_png`` as RGB pixels, (H, W, 3) uint8 (a copy:
+    what MLflow's ``log_image`` takes; ``encode_png`` turns it into the same PNG, without the
+    alpha channel the opaque figure does not need). A smaller ``dpi`` draws the same figure
+    with fewer pixels (``plots.FIGSIZE`` inches x dpi), text included."""
+    canvas = _draw_boundary(model, params, dataset, grid, dpi)
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 class _CurvesLayout:

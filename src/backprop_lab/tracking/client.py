@@ -16,9 +16,10 @@ import os
 import platform
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple
 
 import numpy as np
 import sqlalchemy.exc
@@ -129,7 +130,7 @@ def find_finished_run(client: MlflowClient, experiment_id: str, config_key: str)
 
 
 def round_sig(value: float, digits: int = 6) -> float:
-    """Round for display (the UI shows raw floats); the exact history is in history.csv.
+    """Round for display (the UI shows raw floats); the exact history is in history.npz.
 
     The same arithmetic as round_sig_array, which rounds the histories: every logged value is
     rounded by one function, so `make reproduce` can compare exactly (a decimal `:.6g` here
@@ -183,6 +184,14 @@ def round_sig_array(values, digits: int = 6) -> np.ndarray:
     return out
 
 
+class HistoryWrite(NamedTuple):
+    """What a history write did: the newest row of each key (left to the caller) and the path
+    its other rows took: "bulk" (one SQL statement) or "log_batch" (MLflow's public API)."""
+
+    latest: list[Metric]
+    path: str
+
+
 def log_history(client: MlflowClient, run_id: str, series, timestamp_ms: int,
                 defer_latest: bool = False) -> list[Metric]:
     """Per-epoch metrics [(key, steps (E,), values (E,)), ...], fast; non-finite values dropped.
@@ -192,13 +201,15 @@ def log_history(client: MlflowClient, run_id: str, series, timestamp_ms: int,
 
     MLflow's log_batch builds an ORM object per value (~0.3 ms each here: 3 s for a 9-series,
     1000-epoch run). On a SQLite store every row but the newest of each key goes into MLflow's
-    own metrics table (columns checked against MLflow's SqlMetric) with ONE statement that reads
-    the rows from a JSON array (SQLite's json_each): a single call into SQLite, which releases
-    the GIL for all of it, so `log_history_async` really runs beside the caller's work. The
-    newest rows then go through the public log_batch, which keeps MLflow's latest-metric table
-    right. Other stores, or any surprise in MLflow's internals, use log_batch throughout.
+    own metrics table (its columns checked against METRICS_COLUMNS) with ONE statement that
+    reads the rows from a JSON array (SQLite's json_each): a single call into SQLite, which
+    releases the GIL for all of it, so `log_history_async` really runs beside the caller's work.
+    The newest rows then go through the public log_batch, which keeps MLflow's latest-metric
+    table right. Other stores use log_batch throughout; so does a SQLite store when the fast
+    path fails in any way (MLflow renamed its internals, the table changed, the statement
+    raised): that run's rows go through log_batch, and the process says so once on stderr.
     """
-    latest = log_history_async(client, run_id, series, timestamp_ms).result()
+    latest = log_history_async(client, run_id, series, timestamp_ms).result().latest
     if defer_latest:
         return latest
     log_metrics(client, run_id, latest)
@@ -210,10 +221,10 @@ def log_history_async(client: MlflowClient, run_id: str, series,
     """`log_history(..., defer_latest=True)`, its write on a background thread.
 
     The rows are rounded and encoded here, in the caller's thread (Python work that would hold
-    the GIL anyway); only the write goes to the thread. `.result()` gives the newest rows (or
+    the GIL anyway); only the write goes to the thread. `.result()` is a HistoryWrite (or
     raises what the write raised). Join it before the run's next write.
     """
-    table, engine = _sql_metrics_table(client)
+    bulk = str(client.tracking_uri).startswith("sqlite:")
     rows, latest = [], []
     for key, steps, values in series:
         values = np.asarray(values, dtype=np.float64)
@@ -224,14 +235,37 @@ def log_history_async(client: MlflowClient, run_id: str, series,
             continue
         latest.append(Metric(key, rounded[-1], timestamp_ms, steps[-1]))  # steps increase
         rows += zip(itertools.repeat(key), steps[:-1], rounded[:-1])
-    blob = json.dumps(rows, allow_nan=False) if rows and table is not None else None  # exact floats
+    blob = json.dumps(rows, allow_nan=False) if rows and bulk else None  # exact floats
 
-    def write() -> list[Metric]:
+    def write() -> HistoryWrite:
+        if not rows:
+            return HistoryWrite(latest, "none")
         if blob is not None:
-            _insert_metric_rows(table, engine, run_id, timestamp_ms, rows, blob)
-        elif rows:
-            log_metrics(client, run_id, [Metric(k, v, timestamp_ms, st) for k, st, v in rows])
-        return latest
+            try:
+                _insert_metric_rows(client, run_id, timestamp_ms, rows, blob)
+                return HistoryWrite(latest, "bulk")
+            except Exception as exc:  # any surprise: the public API for this run
+                first_line = (str(exc).strip().splitlines() or [""])[0][:160]
+                _warn_once(f"fast history insert into MLflow's metrics table failed "
+                           f"({type(exc).__name__}: {first_line}); writing histories "
+                           "with MLflow's log_batch (slower); see docs/pipeline.md, 'Upgrading MLflow'")
+        log_metrics(client, run_id, [Metric(k, v, timestamp_ms, st) for k, st, v in rows])
+        return HistoryWrite(latest, "log_batch")
+
+    return _history_pool().submit(write)
+
+
+def log_images_async(client: MlflowClient, run_id: str, key: str, images,
+                     timestamp_ms: int) -> concurrent.futures.Future:
+    """MLflow's `log_image(run_id, image, key=key, step=step)` for each (step, image (H, W, 3)
+    uint8) on the background thread, after the writes queued before: the UI's image grid
+    shows `key` per run with a step slider. Each call encodes a PNG and a WebP thumbnail
+    (Pillow releases the GIL while it does) and writes two files and a tag."""
+
+    def write() -> int:
+        for step, image in images:
+            client.log_image(run_id, image, key=key, step=int(step), timestamp=timestamp_ms)
+        return len(images)
 
     return _history_pool().submit(write)
 
@@ -245,11 +279,33 @@ def _history_pool() -> concurrent.futures.ThreadPoolExecutor:
 os.register_at_fork(after_in_child=_history_pool.cache_clear)
 
 
-def _insert_metric_rows(table, engine, run_id: str, timestamp_ms: int, rows: list, blob: str) -> None:
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """One line on stderr, the first time in this process (not once per run of a sweep)."""
+    if not _WARNED:
+        _WARNED.add(message)
+        print(f"backprop-lab warning: {message}", file=sys.stderr, flush=True)
+
+
+#: The columns of MLflow's `metrics` table the fast insert writes, and all the table has (MLflow
+#: 3.17.2). Any other set means MLflow changed the table: the insert is not attempted.
+METRICS_COLUMNS = frozenset({"run_uuid", "key", "value", "timestamp", "step", "is_nan"})
+
+
+def _insert_metric_rows(client: MlflowClient, run_id: str, timestamp_ms: int, rows: list,
+                        blob: str) -> None:
     """rows [(key, step, value), ...] (and the same as JSON, `blob`) into MLflow's metrics
-    table in one transaction."""
+    table in one transaction (all or nothing: a failure leaves no row behind)."""
+    from mlflow.store.tracking.dbmodels.models import SqlMetric
+
+    table = SqlMetric.__table__
+    if set(table.c.keys()) != METRICS_COLUMNS:
+        raise LookupError(f"MLflow's metrics table has columns {sorted(table.c.keys())}, "
+                          f"expected {sorted(METRICS_COLUMNS)}")
+    engine = client._tracking_client.store.engine  # private: any failure falls back (caller)
     cols = ("run_uuid", "key", "value", "timestamp", "step", "is_nan")
-    assert set(cols) <= set(table.c.keys()), "MLflow's metrics table changed"
     into = f"INSERT INTO {table.name} ({', '.join(cols)})"
     bulk = (f"{into} SELECT ?, json_extract(j.value, '$[0]'), json_extract(j.value, '$[2]'), ?, "
             "json_extract(j.value, '$[1]'), 0 FROM json_each(?) AS j")
@@ -262,19 +318,6 @@ def _insert_metric_rows(table, engine, run_id: str, timestamp_ms: int, rows: lis
                 raise
         conn.exec_driver_sql(f"{into} VALUES (?, ?, ?, ?, ?, 0)",
                              [(run_id, k, v, timestamp_ms, st) for k, st, v in rows])
-
-
-def _sql_metrics_table(client: MlflowClient):
-    """(metrics table, engine) of a SQLite store, else (None, None)."""
-    if not str(client.tracking_uri).startswith("sqlite:"):
-        return None, None
-    try:
-        from mlflow.store.tracking.dbmodels.models import SqlMetric
-
-        store = client._tracking_client.store  # private, hence the fallback
-        return SqlMetric.__table__, store.engine
-    except (AttributeError, ImportError):
-        return None, None
 
 
 def log_dataset(client: MlflowClient, run_id: str, X, y, *, name: str, context: str) -> None:

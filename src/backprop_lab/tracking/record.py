@@ -1,15 +1,23 @@
 """What one run records in MLflow: params, dataset, per-epoch history, figures, artifacts, final metrics.
 
 `run.run` owns the run's life (validate, skip, create, end); this module fills a created run.
+
+What a run costs the store is bounded whatever its epoch count: each per-epoch series goes to
+MLflow downsampled to at most SERIES_POINTS evenly spaced epochs (first and last included, the
+real epoch numbers as steps: enough for the UI's charts), and the exact history goes to the
+`history.npz` artifact. The decision boundary is logged with MLflow's `log_image` (key
+`decision_boundary`) at the log-spaced epochs of `train.snapshot_schedule` and at the end, so
+the UI's image grid compares runs side by side and its step slider shows the boundary forming.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import json
 import tempfile
 import time
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,20 +25,49 @@ import yaml
 
 from backprop_lab.config.schema import RunConfig, flatten, public_dict
 
+#: Points per per-epoch series in MLflow (the exact history is the history.npz artifact).
+SERIES_POINTS = 500
+#: MLflow image key of the decision boundary snapshots (MlflowClient.log_image).
+BOUNDARY_KEY = "decision_boundary"
+#: The snapshots: the artifact's figure at 64 dpi (256 x 230 px, the size of MLflow's thumbnail,
+#: which it then need not rescale) on a 100 x 100 grid (2 px per cell at that size).
+SNAPSHOT_DPI, SNAPSHOT_GRID = 64, 100
 
-def train_and_log(client, info, rc: RunConfig, overrides, t0: float, on_epoch=None):
+
+@dataclass
+class Recorded:
+    """What `train_and_log` hands back to `run.run`."""
+
+    status: str  # finished | diverged | stopped
+    metrics: dict[str, float]  # the final scalars logged last (final/*, gradcheck/*, time/*)
+    boundary_png: bytes | None  # the trained model's decision boundary (plots/decision_boundary.png)
+
+
+def logged_history(history: dict[str, np.ndarray], points: int | None = None) -> dict[str, np.ndarray]:
+    """The history as logged to MLflow: at most `points` (default SERIES_POINTS) rows, evenly
+    spaced over the recorded epochs, the first and the last included; `history["epoch"]` keeps
+    the real epoch numbers."""
+    points = SERIES_POINTS if points is None else points
+    n = len(history["epoch"])
+    if n <= points:
+        return history
+    rows = np.unique(np.round(np.linspace(0, n - 1, points)).astype(np.int64))  # (points,)
+    return {k: np.asarray(v)[rows] for k, v in history.items()}
+
+
+def train_and_log(client, info, rc: RunConfig, overrides, t0: float, on_epoch=None) -> Recorded:
     """Params, dataset, compute, history, figures, artifacts, final metrics; the run ends FINISHED.
 
-    Returns (status, final scalars). Any exception propagates: run.run ends the run FAILED.
+    Any exception propagates: run.run ends the run FAILED.
     on_epoch: see `compute.compute` (returning True stops training: status "stopped").
     """
     from backprop_lab.core import compute
-    from backprop_lab.figures import plots
-    from backprop_lab.figures import render
-    from backprop_lab.tracking import client as tracking
     from backprop_lab.core.data import load_dataset
     from backprop_lab.core.mlp import MLP
     from backprop_lab.core.rng import make_rng
+    from backprop_lab.core.train import snapshot_schedule
+    from backprop_lab.figures import plots, render
+    from backprop_lab.tracking import client as tracking
 
     run_id = info.run_id
     tracking.log_params(client, run_id, flatten(rc))
@@ -42,26 +79,43 @@ def train_and_log(client, info, rc: RunConfig, overrides, t0: float, on_epoch=No
     model = MLP(rc.model.layer_sizes(dataset.X_train.shape[1]), activation=rc.model.activation)
 
     now_ms = int(time.time() * 1000)
-    pending = []
+    pending: list[concurrent.futures.Future] = []  # background writes, in the order submitted
+    history_write: list[concurrent.futures.Future] = []
 
-    def write_history(history) -> None:
-        # Written on a background thread (one SQLite call, GIL released) while this thread runs
+    def log_boundary(epoch, params) -> None:
+        # Drawn here (one cached figure per dataset, ~10 ms), written by MLflow's log_image on
+        # the background thread (PNG + WebP encoding release the GIL) while training goes on.
+        pixels = render.decision_boundary_pixels(model, params, dataset, grid=SNAPSHOT_GRID,
+                                                 dpi=SNAPSHOT_DPI)
+        pending.append(tracking.log_images_async(client, run_id, BOUNDARY_KEY, [(epoch, pixels)],
+                                                 now_ms))
+
+    def write_history(per_epoch) -> None:
+        # Written on the background thread (one SQLite call, GIL released) while this thread runs
         # the second gradient check and renders the figures; joined before the run's last writes.
-        series = [(k, history["epoch"], v) for k, v in history.items() if k != "epoch"]
-        pending.append(tracking.log_history_async(client, run_id, series, now_ms))
+        logged = logged_history(per_epoch)
+        series = [(k, logged["epoch"], v) for k, v in logged.items() if k != "epoch"]
+        history_write.append(tracking.log_history_async(client, run_id, series, now_ms))
+        pending.append(history_write[0])
 
     try:
         outcome = compute.compute(rc, dataset, model, compute.progress_for(rc.train.epochs),
-                                  on_trained=write_history, on_epoch=on_epoch)
+                                  on_trained=write_history, on_epoch=on_epoch,
+                                  snapshot_epochs=snapshot_schedule(rc.train.epochs),
+                                  on_snapshot=log_boundary)
+        log_boundary(int(outcome.scalars["final/epochs_run"]), outcome.params)  # the last step
+        boundary_png = render.decision_boundary_png(model, outcome.params, dataset)
         figures = {  # PNG bytes; render.py reuses one figure per layout (same pictures as plots.py)
             "data": plots.data_png(dataset),
             "curves": render.curves_png(outcome.history),
-            "decision_boundary": render.decision_boundary_png(model, outcome.params, dataset),
+            "decision_boundary": boundary_png,
         }
         with tempfile.TemporaryDirectory(prefix="bpl-art-") as tmp:
             _write_artifacts(Path(tmp), rc, overrides, outcome, figures)
             tracking.log_artifact_dir(client, run_id, tmp, info.artifact_uri)
-        latest = pending[0].result()
+        for future in pending:
+            future.result()  # raises what a background write raised
+        latest = history_write[0].result().latest
     finally:
         concurrent.futures.wait(pending)  # never leave it writing after the run ended
 
@@ -74,7 +128,25 @@ def train_and_log(client, info, rc: RunConfig, overrides, t0: float, on_epoch=No
     metrics = latest + tracking.metric_batch([(k, [0], [v]) for k, v in final.items()], now_ms)
     tracking.log_metrics(client, run_id, metrics, tags=end_tags)
     client.set_terminated(run_id, "FINISHED")
-    return outcome.status, final
+    return Recorded(outcome.status, final, boundary_png)
+
+
+def write_history_npz(path: Path, history: dict[str, np.ndarray]) -> None:
+    """The exact per-epoch history (float64, every recorded epoch), zip-compressed: one array
+    per key (`epoch`, `train/loss`, ...), what `np.savez_compressed` writes but with fixed
+    member dates, so the same history gives the same bytes. `read_history_npz` (or np.load)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for key, values in history.items():
+            member = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            member.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(member, "w", force_zip64=True) as f:
+                dtype = np.int64 if key == "epoch" else np.float64
+                np.lib.format.write_array(f, np.asarray(values, dtype=dtype), allow_pickle=False)
+
+
+def read_history_npz(path) -> dict[str, np.ndarray]:
+    with np.load(path) as stored:
+        return {k: stored[k] for k in stored.files}
 
 
 def _write_artifacts(folder: Path, rc: RunConfig, overrides, outcome,
@@ -86,13 +158,6 @@ def _write_artifacts(folder: Path, rc: RunConfig, overrides, outcome,
     (folder / "config" / "config.yaml").write_text(
         yaml.safe_dump(public_dict(rc), sort_keys=False))
     (folder / "config" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
-    history = outcome.history
-    names = ["epoch"] + [k for k in history if k != "epoch"]
-    table = np.column_stack([np.asarray(history[k], dtype=np.float64) for k in names])  # (E, M+1)
-    buf = io.StringIO()
-    # %.17g: the exact history (the MLflow metrics are rounded for display).
-    np.savetxt(buf, table, delimiter=",", header=",".join(names), comments="", fmt="%.17g")
-    (folder / "history.csv").write_text(buf.getvalue())
+    write_history_npz(folder / "history.npz", outcome.history)
     np.savez(folder / "params.npz", **outcome.params)
     (folder / "gradcheck.json").write_text(json.dumps(outcome.gradcheck, indent=1))
-

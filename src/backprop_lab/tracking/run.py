@@ -136,7 +136,7 @@ def run(cfg: Any, job: JobContext | None = None, *, out=None, parent_id: str | N
         summary = RunSummary("failed", name, run_id, key, seconds=time.perf_counter() - t0,
                              error=msg, overrides=job.overrides)
         return _report(summary, out)
-    status, metrics = result
+    status, metrics = result.status, result.metrics  # result.boundary_png: the trained boundary
     summary = RunSummary(status, name, run_id, key, metrics.get("final/test_acc"),
                          metrics.get("gradcheck/trained/max_rel_err",
                                      metrics.get("gradcheck/init/max_rel_err")),
