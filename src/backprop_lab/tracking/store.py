@@ -95,6 +95,7 @@ def check_store_quickly(uri: str) -> None:
     db = sqlite_path(uri)
     if db is not None:
         check_sqlite_store(db)
+        _check_writable_dir(db.parent, f"SQLite store {db}")  # the folder a run creates anyway
     elif uri.startswith(("http://", "https://")):
         check_server(uri)
 
