@@ -14,7 +14,6 @@ Exit code: 0 match, 1 difference, 2 bad input (unknown run, missing store or art
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import tempfile
@@ -27,8 +26,8 @@ for _k, _v in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"),
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from backprop_lab.tracking import client as tracking  # noqa: E402  (before mlflow: telemetry off)
 from backprop_lab.config.schema import ConfigError, redact, validate  # noqa: E402
+from backprop_lab.tracking import client as tracking  # noqa: E402  (before mlflow: telemetry off)
 from backprop_lab.tracking.sqlite_file import check_sqlite_store  # noqa: E402
 
 NOT_COMPARED = ("time/",)  # wall-clock seconds differ from run to run by nature
@@ -126,7 +125,7 @@ def compare_metrics(client, run, outcome) -> tuple[str | None, int]:
         history = client.get_metric_history(run.info.run_id, key)
         logged = sorted((m.step, m.value) for m in history)
         rerun = sorted(expected[key])
-        for (s1, v1), (s2, v2) in zip(logged, rerun):
+        for (s1, v1), (s2, v2) in zip(logged, rerun, strict=False):  # lengths compared below
             if s1 != s2 or v1 != v2:
                 return f"{key} step {s1}: logged {v1!r}, re-run step {s2} {v2!r}", n
             n += 1
@@ -195,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_id", nargs="?", help="the MLflow run id to reproduce")
     parser.add_argument("--tracking-uri", default=None,
-                        help="store holding the run (default: MLFLOW_TRACKING_URI, else the repo's mlflow.db)")
+                        help="store holding the run (default: MLFLOW_TRACKING_URI, "
+                             "else the repo's mlflow.db)")
     args = parser.parse_args(argv)
     if not args.run_id:
         print("reproduce: RUN_ID is required: make reproduce RUN_ID=<run id>", file=sys.stderr)
