@@ -80,7 +80,7 @@ def sweep_configs(preset: str, extra: list[str]) -> list[tuple[list[str], object
 # --------------------------------------------------------------------------- parts
 
 
-def floor(configs) -> float:
+def floor(configs) -> tuple[float, float]:
     """Seconds of the runs' compute through the core API alone, one process, one after the other."""
     from threadpoolctl import threadpool_limits
 
@@ -89,26 +89,47 @@ def floor(configs) -> float:
     from backprop_lab.core.mlp import MLP
     from backprop_lab.core.rng import make_rng
 
-    t = time.perf_counter()
-    with threadpool_limits(limits=1, user_api="blas"):  # as the runs do (blas_threads: 1)
+    clock = Clock()
+    with clock, threadpool_limits(limits=1, user_api="blas"):  # as the runs do (blas_threads: 1)
         for _, rc in configs:
             ds = load_dataset(rc.data.name, rng=make_rng(rc.seed, "data"), dtype=rc.train.dtype,
                               n_samples=rc.data.n_samples, noise=rc.data.noise,
                               test_fraction=rc.data.test_fraction)
             model = MLP(rc.model.layer_sizes(ds.X_train.shape[1]), activation=rc.model.activation)
             compute.compute(rc, ds, model)
-    return time.perf_counter() - t
+    return clock.wall, clock.cpu
 
 
 IMPORTS = ("import hydra, mlflow, numpy, matplotlib, matplotlib.pyplot, sqlalchemy, pydantic; "
            "import backprop_lab.tracking.run, backprop_lab.tracking.record, backprop_lab.figures.render")
 
 
-def imports() -> float:
-    """Wall seconds of a new interpreter importing what a sweep's driver imports."""
-    t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", IMPORTS], check=True, env=_env())
-    return time.perf_counter() - t
+def imports() -> tuple[float, float]:
+    """Wall and CPU seconds of a new interpreter importing what a sweep's driver imports."""
+    with Clock() as clock:
+        subprocess.run([sys.executable, "-c", IMPORTS], check=True, env=_env())
+    return clock.wall, clock.cpu
+
+
+class Clock:
+    """Wall seconds and CPU seconds (this process + the children it waited for) of a block.
+
+    On a busy machine the wall time says how long one waited, the CPU time what the work cost."""
+
+    def __enter__(self) -> Clock:
+        self._wall, self._cpu = time.perf_counter(), _cpu_seconds()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = _cpu_seconds() - self._cpu
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _env() -> dict:
@@ -117,8 +138,8 @@ def _env() -> dict:
     return env
 
 
-def cold(tmp: Path, preset: str, extra: list[str], jobs: int | None) -> tuple[float, int, str]:
-    """Wall seconds of the sweep in a new interpreter on a fresh store; (wall, runs, tail of output)."""
+def cold(tmp: Path, preset: str, extra: list[str], jobs: int | None) -> tuple[float, float, int]:
+    """The sweep in a new interpreter on a fresh store: (wall s, CPU s, runs)."""
     store = tmp / f"cold-{time.monotonic_ns()}"
     uri = f"sqlite:///{store / 'mlflow.db'}"
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--multirun", f"+sweep={preset}",
@@ -126,14 +147,13 @@ def cold(tmp: Path, preset: str, extra: list[str], jobs: int | None) -> tuple[fl
            f"hydra.sweep.dir={store / 'sweep'}", *extra]
     if jobs is not None:
         cmd.append(f"hydra.launcher.n_jobs={jobs}")
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=tmp, env=_env(), capture_output=True, text=True)
-    wall = time.perf_counter() - t
+    with Clock() as clock:
+        proc = subprocess.run(cmd, cwd=tmp, env=_env(), capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"bench: the sweep failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}")
     n_runs = _count_children(uri)
     shutil.rmtree(store, ignore_errors=True)
-    return wall, n_runs, proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    return clock.wall, clock.cpu, n_runs
 
 
 def _count_children(uri: str) -> int:
@@ -170,20 +190,19 @@ print(n, time.perf_counter() - t0)
 """
 
 
-def peer(tmp: Path, n_configs: int, epochs: int, lrs: list, widths: list) -> tuple[float, int]:
-    """Wall seconds of the scikit-learn + autolog sweep in a new interpreter on a fresh store."""
+def peer(tmp: Path, n_configs: int, epochs: int, lrs: list, widths: list) -> tuple[float, float, int]:
+    """The scikit-learn + autolog sweep in a new interpreter on a fresh store: (wall s, CPU s, configs)."""
     n_states = max(1, n_configs // (len(lrs) * len(widths)))
     store = tmp / f"peer-{time.monotonic_ns()}"
     store.mkdir()
     cmd = [sys.executable, "-c", PEER, f"sqlite:///{store / 'mlflow.db'}", str(epochs),
            repr(lrs), repr(widths), repr(list(range(n_states)))]
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=store, env=_env(), capture_output=True, text=True)
-    wall = time.perf_counter() - t
+    with Clock() as clock:
+        proc = subprocess.run(cmd, cwd=store, env=_env(), capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"bench: the peer failed: {proc.stderr.strip()[-800:]}")
     shutil.rmtree(store, ignore_errors=True)
-    return wall, int(proc.stdout.split()[0])
+    return clock.wall, clock.cpu, int(proc.stdout.split()[0])
 
 
 # --------------------------------------------------------------------------- main
@@ -214,26 +233,28 @@ def main() -> None:
     try:
         configs = sweep_configs(args.preset, args.args) if {"floor", "peer"} & set(parts) else []
         if "floor" in parts:
-            res["floor_s"] = min(floor(configs) for _ in range(args.repeat))
-            print(f"  floor   {len(configs)} runs through the core API: {res['floor_s']:.2f} s", flush=True)
+            _best(res, "floor", [floor(configs) for _ in range(args.repeat)])
+            print(f"  floor   {len(configs)} runs through the core API: {_show(res, 'floor')}", flush=True)
         if "imports" in parts:
-            res["imports_s"] = min(imports() for _ in range(args.repeat))
-            print(f"  imports new interpreter + hydra/mlflow/numpy/matplotlib: {res['imports_s']:.2f} s",
+            _best(res, "imports", [imports() for _ in range(args.repeat)])
+            print(f"  imports new interpreter + hydra/mlflow/numpy/matplotlib: {_show(res, 'imports')}",
                   flush=True)
         if "cold" in parts:
-            walls = [cold(tmp, args.preset, args.args, args.jobs) for _ in range(args.repeat)]
-            res["cold_s"], res["cold_runs"] = min(w[0] for w in walls), walls[0][1]
-            print(f"  cold    make sweep equivalent ({res['cold_runs']} runs): {res['cold_s']:.2f} s "
-                  f"(all: {', '.join(f'{w[0]:.1f}' for w in walls)})", flush=True)
+            runs = [cold(tmp, args.preset, args.args, args.jobs) for _ in range(args.repeat)]
+            _best(res, "cold", runs)
+            res["cold_runs"] = runs[0][2]
+            jobs = args.jobs if args.jobs is not None else "default"
+            print(f"  cold    the sweep, n_jobs={jobs}, {res['cold_runs']} runs: {_show(res, 'cold')}",
+                  flush=True)
         if "peer" in parts:
             lrs = sorted({rc.optim.lr for _, rc in configs})
             widths = sorted({rc.model.width for _, rc in configs})
             epochs = configs[0][1].train.epochs
-            walls = [peer(tmp, len(configs), epochs, lrs, widths) for _ in range(args.repeat)]
-            res["peer_s"], res["peer_configs"] = min(w[0] for w in walls), walls[0][1]
+            runs = [peer(tmp, len(configs), epochs, lrs, widths) for _ in range(args.repeat)]
+            _best(res, "peer", runs)
+            res["peer_configs"] = runs[0][2]
             print(f"  peer    GridSearchCV(MLPClassifier) + mlflow.sklearn.autolog, "
-                  f"{res['peer_configs']} configs x {epochs} epochs: {res['peer_s']:.2f} s "
-                  f"(all: {', '.join(f'{w[0]:.1f}' for w in walls)})", flush=True)
+                  f"{res['peer_configs']} configs x {epochs} epochs: {_show(res, 'peer')}", flush=True)
         if "store" in parts:
             res["store_bytes_per_run"] = store_bytes(tmp)
         if "scale" in parts:
@@ -245,14 +266,29 @@ def main() -> None:
         args.json.write_text(json.dumps(res, indent=1))
 
 
+def _best(res: dict, part: str, runs: list) -> None:
+    """The least disturbed of the repeats: min wall and min CPU seconds (each over all repeats)."""
+    res[f"{part}_s"] = min(r[0] for r in runs)
+    res[f"{part}_cpu_s"] = min(r[1] for r in runs)
+    res[f"{part}_all_s"] = [round(r[0], 2) for r in runs]
+
+
+def _show(res: dict, part: str) -> str:
+    every = ", ".join(f"{w:.1f}" for w in res[f"{part}_all_s"])
+    return f"{res[f'{part}_s']:.2f} s wall (all: {every}), {res[f'{part}_cpu_s']:.2f} s CPU"
+
+
 def _verdict(res: dict) -> None:
-    if "cold_s" in res and "peer_s" in res:
-        ratio = res["cold_s"] / res["peer_s"]
-        print(f"  cold / peer = {ratio:.2f} (target <= 0.7): {'MET' if ratio <= 0.7 else 'MISS'}")
-    if {"cold_s", "floor_s", "imports_s"} <= res.keys():
-        budget = 1.3 * res["floor_s"] + res["imports_s"]
-        print(f"  cold / (1.3 x floor + imports) = {res['cold_s'] / budget:.2f} "
-              f"(budget {budget:.2f} s, target <= 1): {'MET' if res['cold_s'] <= budget else 'MISS'}")
+    for kind, suffix in (("wall", "_s"), ("CPU", "_cpu_s")):
+        cold, peer_, fl, imp = (res.get(f"{p}{suffix}") for p in ("cold", "peer", "floor", "imports"))
+        if cold is not None and peer_ is not None:
+            ratio = cold / peer_
+            verdict = "MET" if ratio <= 0.7 else "MISS"
+            print(f"  {kind:4s} cold / peer = {ratio:.2f} (target <= 0.7): {verdict}")
+        if cold is not None and fl is not None and imp is not None:
+            budget = 1.3 * fl + imp
+            print(f"  {kind:4s} cold / (1.3 x floor + imports) = {cold / budget:.2f} (budget {budget:.2f} s, "
+                  f"target <= 1): {'MET' if cold <= budget else 'MISS'}")
 
 
 def store_bytes(tmp: Path, epochs_list=(200, 20_000, 100_000)) -> dict:

@@ -61,7 +61,13 @@ def test_jobs_run_on_forked_workers_and_return_in_job_order(launch):
     assert [r.return_value[0] for r in rets] == [5, 4, 3, 2, 1, 0]
     assert [r.overrides for r in rets] == [[f"x={x}"] for x in [5, 4, 3, 2, 1, 0]]
     assert [r.hydra_cfg.hydra.job.num for r in rets] == list(range(6))
-    pids = {r.return_value[1] for r in rets}
+    pids = [r.return_value[1] for r in rets]
+    assert pids[0] == os.getpid()  # warm start: job 0 in the driver, before the fork
+    assert len(set(pids[1:])) == 2 and os.getpid() not in pids[1:]
+
+
+def test_without_warm_start_every_job_runs_in_a_worker(launch):
+    pids = {r.return_value[1] for r in launch(x_and_pid, [1, 2, 3], n_jobs=2, warm_start=False)}
     assert len(pids) == 2 and os.getpid() not in pids
 
 
@@ -127,7 +133,7 @@ def test_sqlite_store_from_forked_workers_uses_fresh_connections(launch, tmp_pat
         worker_client.set_terminated(run.info.run_id)
         return worker_client is client, id(worker_client._tracking_client.store.engine.pool)
 
-    rets = launch(log_one, list(range(6)), n_jobs=2)
+    rets = launch(log_one, list(range(6)), n_jobs=2, warm_start=False)
     assert all(r.status == JobStatus.COMPLETED for r in rets), [r._return_value for r in rets]
     assert all(r.return_value[0] for r in rets)  # the inherited client ...
     assert all(r.return_value[1] != driver_pool for r in rets)  # ... on a new pool
@@ -158,7 +164,7 @@ def test_sigint_stops_every_worker_cleanly(tmp_path, to_group):
     marks = tmp_path / "marks"
     marks.mkdir()
     cmd = [sys.executable, str(tmp_path / "app.py"), "--multirun", "+x=1,2,3,4",
-           "hydra/launcher=backprop_lab_fork", "hydra.launcher.n_jobs=2",
+           "hydra/launcher=backprop_lab_fork", "hydra.launcher.n_jobs=2", "hydra.launcher.warm_start=false",
            f"hydra.sweep.dir={tmp_path / 'mr'}"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env={**ENV, "MARKS": str(marks)}, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

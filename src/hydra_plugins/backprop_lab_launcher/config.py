@@ -20,6 +20,8 @@ class BackpropLabLauncherConf:
     composer: str | None = None
     # Ctrl-C: seconds the workers get to end their runs (KILLED) before they are terminated.
     grace_s: float = 10.0
+    # Run job 0 in the driver before forking: the workers inherit the caches it warmed.
+    warm_start: bool = True
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="backprop_lab_fork",
