@@ -147,8 +147,8 @@ import os, sys, time, hydra
 @hydra.main(version_base="1.3", config_path=None)
 def main(cfg):
     marks = os.environ["MARKS"]
-    open(os.path.join(marks, f"started-{os.getpid()}"), "w").close()
-    try:
+    try:  # the mark inside: the test's SIGINT may come as soon as it exists
+        open(os.path.join(marks, f"started-{os.getpid()}"), "w").close()
         time.sleep(60)
     except KeyboardInterrupt:
         time.sleep(0.5)  # a clean-up that a second SIGINT must not cut short

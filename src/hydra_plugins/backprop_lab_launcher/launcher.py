@@ -2,11 +2,12 @@
 
 A sweep's jobs are small (seconds each) and a new Python process that imports MLflow costs about
 as much as one job, so spawning workers (joblib's loky, Ray) pays the imports once per worker and
-pickles the job's context to it. Here the driver composes every job's config, imports what the
-jobs need (`preload`), then forks N workers with the 'fork' start method: each worker starts with
-the modules, the task function, Hydra's singletons and every job's config already in memory, and
-is fed job numbers through a pipe. Each job runs through Hydra's `run_job`, exactly as in
-BasicLauncher, and its JobReturn comes back pickled; `launch` returns them in job order.
+pickles the job's context to it. Here the driver imports what the jobs need (`preload`), then
+forks N workers with the 'fork' start method: each worker starts with the modules, the task
+function and Hydra's singletons already in memory, and is fed job numbers through a pipe. A
+worker composes its job's config (`composer`, e.g. sweep/jobs.py's JobComposer, created before
+the fork) and runs it through Hydra's `run_job`, exactly as BasicLauncher does; its JobReturn
+comes back pickled; `launch` returns them in job order.
 
 - n_jobs=1 (or a single job) runs the jobs in this process, like BasicLauncher.
 - warm_start (default): job 0 runs in the driver before the fork, so every worker starts with
@@ -26,7 +27,6 @@ POSIX only ('fork'); elsewhere n_jobs > 1 raises a one-line error naming another
 """
 
 
-import copy
 import importlib
 import logging
 import os
@@ -41,7 +41,7 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, open_dict
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class BackpropLabLauncher(Launcher):
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
+        self._compose: Callable[[list], DictConfig] | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -82,28 +83,22 @@ class BackpropLabLauncher(Launcher):
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        compose = self._composer()
-        configs = []
-        for offset, overrides in enumerate(job_overrides):
-            idx = initial_job_idx + offset
+        jobs = [(initial_job_idx + offset, list(overrides)) for offset, overrides in enumerate(job_overrides)]
+        for idx, overrides in jobs:
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            cfg = compose(list(overrides))
-            with open_dict(cfg):
-                cfg.hydra.job.id = idx
-                cfg.hydra.job.num = idx
-            configs.append(cfg)
-        n_workers = self.workers_for(len(configs))
+        n_workers = self.workers_for(len(jobs))
         if n_workers == 1:
-            return [self._run(cfg) for cfg in configs]
+            return [self._run(job) for job in jobs]
         if not hasattr(os, "fork"):
             raise RuntimeError("hydra/launcher=backprop_lab with n_jobs > 1 needs os.fork (Linux, macOS); "
                                "use hydra.launcher.n_jobs=1 or hydra/launcher=joblib")
         for module in self.preload:
             importlib.import_module(module)
+        self._compose = self._composer()  # before the fork: every worker shares its cached bases
         first = []
         if self.warm_start:  # the workers inherit what job 0 warmed (figure caches, compiled SQL)
-            first, configs = [self._run(configs[0])], configs[1:]
-        return first + run_forked(self._run, configs, min(n_workers, len(configs)), self.grace_s)
+            first, jobs = [self._run(jobs[0])], jobs[1:]
+        return first + run_forked(self._run, jobs, min(n_workers, len(jobs)), self.grace_s)
 
     def _composer(self) -> Callable[[list], DictConfig]:
         assert self.config is not None and self.hydra_context is not None
@@ -113,8 +108,17 @@ class BackpropLabLauncher(Launcher):
         loader = self.hydra_context.config_loader
         return lambda overrides: loader.load_sweep_config(self.config, overrides)
 
-    def _run(self, cfg: DictConfig) -> JobReturn:
+    def _run(self, job: tuple[int, list[str]]) -> JobReturn:
+        """Compose job (number, overrides) and run it as BasicLauncher does. In a worker, so the
+        compositions (a deep copy of the config each) run in parallel, off the driver's path."""
         assert self.config is not None and self.hydra_context is not None
+        idx, overrides = job
+        if self._compose is None:
+            self._compose = self._composer()
+        cfg = self._compose(overrides)
+        with open_dict(cfg):
+            cfg.hydra.job.id = idx
+            cfg.hydra.job.num = idx
         ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -131,22 +135,22 @@ class _Worker:
     job: int | None = None  # the job it is running
 
 
-def run_forked(run_one: Callable[[DictConfig], JobReturn], configs: list, n_workers: int,
+def run_forked(run_one: Callable[[Any], JobReturn], jobs: list, n_workers: int,
                grace_s: float = 10.0) -> list[JobReturn]:
-    """run_one(configs[i]) for every i on n_workers forked processes; JobReturns in job order."""
+    """run_one(jobs[i]) for every i on n_workers forked processes; JobReturns in job order."""
     import multiprocessing
     from multiprocessing.connection import wait
 
     ctx = multiprocessing.get_context("fork")
-    todo = deque(range(len(configs)))
-    results: list[JobReturn | None] = [None] * len(configs)
+    todo = deque(range(len(jobs)))
+    results: list[JobReturn | None] = [None] * len(jobs)
     workers: list[_Worker] = []
     engines = _sqlalchemy_engines()
 
     def start() -> _Worker:
         mine, theirs = ctx.Pipe()
         others = [w.conn for w in workers] + [mine]  # the driver's ends, closed in the child
-        process = ctx.Process(target=_worker_main, args=(theirs, others, engines, run_one, configs),
+        process = ctx.Process(target=_worker_main, args=(theirs, others, engines, run_one, jobs),
                               name=f"bpl-worker-{len(workers)}", daemon=True)
         process.start()
         theirs.close()
@@ -162,13 +166,13 @@ def run_forked(run_one: Callable[[DictConfig], JobReturn], configs: list, n_work
                     w.conn.send(w.job)
             wait([w.conn for w in workers] + [w.process.sentinel for w in workers])
             for w in list(workers):
-                done = _collect(w, configs, results)
+                done = _collect(w, results)
                 if done:
                     continue
                 if not w.process.is_alive():  # died: its job (if any) fails, a new worker takes over
                     w.process.join()
                     if w.job is not None:
-                        results[w.job] = _died(configs[w.job], w.process.exitcode)
+                        results[w.job] = _died(jobs[w.job], w.process.exitcode)
                     w.conn.close()
                     workers.remove(w)
     except BaseException:
@@ -188,7 +192,7 @@ def run_forked(run_one: Callable[[DictConfig], JobReturn], configs: list, n_work
     return results  # type: ignore[return-value]
 
 
-def _collect(w: _Worker, configs: list, results: list) -> bool:
+def _collect(w: _Worker, results: list) -> bool:
     """Read the worker's finished job if it sent one; True when it did."""
     try:
         if not w.conn.poll():
@@ -201,16 +205,11 @@ def _collect(w: _Worker, configs: list, results: list) -> bool:
     return True
 
 
-def _died(cfg: DictConfig, exitcode: int | None) -> JobReturn:
+def _died(job: tuple[int, list[str]], exitcode: int | None) -> JobReturn:
+    idx, overrides = job
     how = f"signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
-    task = OmegaConf.to_container(cfg.hydra.overrides.task)
-    error = WorkerDied(f"job #{cfg.hydra.job.num} ({' '.join(task)}): its worker process died ({how})")
-    task_cfg = copy.deepcopy(cfg)  # as run_job returns it: the task's config, hydra's apart
-    with read_write(task_cfg), open_dict(task_cfg):
-        del task_cfg["hydra"]
-    return JobReturn(overrides=list(task), cfg=task_cfg, hydra_cfg=OmegaConf.create({"hydra": cfg.hydra}),
-                     working_dir=None, task_name=str(cfg.hydra.job.name), status=JobStatus.FAILED,
-                     _return_value=error)
+    error = WorkerDied(f"job #{idx} ({' '.join(overrides)}): its worker process died ({how})")
+    return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=error)
 
 
 def _stop(workers: list[_Worker], grace_s: float) -> None:
@@ -242,7 +241,7 @@ def _stop(workers: list[_Worker], grace_s: float) -> None:
 # --------------------------------------------------------------------------- in the worker
 
 
-def _worker_main(conn, driver_ends, engines, run_one, configs) -> None:
+def _worker_main(conn, driver_ends, engines, run_one, jobs) -> None:
     """Body of a forked worker: run the job numbers the driver sends until None or EOF."""
     for end in driver_ends:  # else this worker would keep other workers' pipes open
         end.close()
@@ -254,7 +253,7 @@ def _worker_main(conn, driver_ends, engines, run_one, configs) -> None:
             idx = conn.recv()
             if idx is None:
                 return
-            conn.send((idx, _pickled(run_one(configs[idx]))))
+            conn.send((idx, _pickled(run_one(jobs[idx]))))
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
         return  # Ctrl-C (the job has ended its run), or the driver is gone
 
