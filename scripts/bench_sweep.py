@@ -216,6 +216,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs of each timed part (the min is kept)")
     ap.add_argument("--jobs", type=int, default=None, help="hydra.launcher.n_jobs of the cold sweep")
     ap.add_argument("--scale-runs", type=int, default=1000)
+    ap.add_argument("--store-epochs", default="200,20000,100000", help="epoch counts of the store part")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = ap.parse_args()
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
@@ -256,7 +257,8 @@ def main() -> None:
             print(f"  peer    GridSearchCV(MLPClassifier) + mlflow.sklearn.autolog, "
                   f"{res['peer_configs']} configs x {epochs} epochs: {_show(res, 'peer')}", flush=True)
         if "store" in parts:
-            res["store_bytes_per_run"] = store_bytes(tmp)
+            epochs_list = [int(e) for e in args.store_epochs.split(",")]
+            res["store_bytes_per_run"] = store_bytes(tmp, epochs_list)
         if "scale" in parts:
             res.update(scale(tmp, args.scale_runs))
     finally:
