@@ -45,9 +45,11 @@ def latest_search(uri: str, experiment: str) -> str:
 def load_trials(uri: str, parent_run_id: str) -> pd.DataFrame:
     """One row per trial of the search `parent_run_id` (see the module docstring)."""
     client = _client(uri)
-    runs = load_runs(uri, parent_run_id=parent_run_id)
-    trial_of = {}
     parent = client.get_run(parent_run_id)
+    # By experiment, then filtered: the parent_run_id path reads a sweep's children.csv artifact.
+    runs = load_runs(uri, experiment=client.get_experiment(parent.info.experiment_id).name)
+    runs = runs[runs["parent_run_id"] == parent_run_id]
+    trial_of = {}
     for r in client.search_runs([parent.info.experiment_id],
                                 filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
                                 max_results=10000):
@@ -70,7 +72,7 @@ def load_trials(uri: str, parent_run_id: str) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if table.empty:
         raise AnalysisError(f"search {parent_run_id} has no trials yet: run `make search` to fill it")
-    table["best_so_far"] = table["mean"].where(table["state"] == "complete").cummax()
+    table["best_so_far"] = table["mean"].where(table["state"] == "complete").cummax().ffill()
     return table
 
 
