@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from analysis_store import DEEP_GRID, DEFAULT_EPOCHS, DEFAULT_GRID, DIVERGING_LR, grid_size, tiny_store
+from analysis_store import (
+    DEEP_DEPTH,
+    DEEP_GRID,
+    DEFAULT_EPOCHS,
+    DEFAULT_GRID,
+    DIVERGING_LR,
+    grid_size,
+    tiny_store,
+)
 from mlflow import MlflowClient
 
 from backprop_lab import analysis
@@ -155,7 +163,7 @@ def test_load_sweep_latest_equals_parent_and_all(store, runs):
     assert none is None and set(every["run_id"]) == set(runs["run_id"]) and not every["reused"].any()
     assert set(every["role"]) == {"child"}
     deep, _ = analysis.load_sweep(store.uri, "backprop-lab/deep_init")
-    assert len(deep) == grid_size(DEEP_GRID) and set(deep["depth"]) == {10}
+    assert len(deep) == grid_size(DEEP_GRID) and set(deep["depth"]) == {DEEP_DEPTH}
     with pytest.raises(analysis.AnalysisError, match="not found"):
         analysis.load_runs(store.uri, parent_run_id="0" * 32)
 

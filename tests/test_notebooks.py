@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
-from analysis_store import DEFAULT_GRID, DIVERGING_LR, tiny_store
+from analysis_store import DEEP_DEPTH, DEEP_GRID, DEFAULT_GRID, DIVERGING_LR, tiny_store
 from mlflow import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,7 +22,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import run_notebooks  # noqa: E402  (scripts/ is not a package)
 
 # notebook -> minimum number of figures its executed copy must hold
-EXPECTED_FIGURES = {"01-sweep-overview.ipynb": 4, "02-initialization-study.ipynb": 2,
+EXPECTED_FIGURES = {"01-sweep-overview.ipynb": 3, "02-initialization-study.ipynb": 2,
                     "03-gradient-checking.ipynb": 3}
 
 
@@ -50,6 +52,17 @@ def _cell_text(nb, marker: str) -> str:
                    + o.get("data", {}).get("text/plain", "") for o in cell.outputs)
 
 
+def _images(html: str) -> int:
+    """Figures embedded in an HTML report (the template's own CSS holds one more data: PNG)."""
+    return len(re.findall(r'<img [^>]*src="data:image/png;base64', html))
+
+
+def _latest_parent(client: MlflowClient, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], "tags.`bpl.role` = 'parent'",
+                              order_by=["attributes.start_time DESC"])[0]
+
+
 TESTED_ELSEWHERE = {"04-search-vs-grid.ipynb"}  # tests/test_search.py (needs a search in the store)
 
 
@@ -62,21 +75,61 @@ def test_every_notebook_is_covered():
 def test_notebook_executes_against_the_sweep_and_draws_its_figures(store, executed, name, tmp_path):
     nb = executed(name)
     assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    # No kernel warning (MLflow, SQLAlchemy, pandas, matplotlib) in any cell: a reader sees them.
+    assert run_notebooks.stderr_outputs(nb) == []
     n_figures = run_notebooks.count_figures(nb)
     assert n_figures >= EXPECTED_FIGURES[name]
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert f"from sweep " in text and store.uri in text  # it read the store it was given
+    assert "from sweep " in text and store.uri in text  # it read the store it was given
     html = tmp_path / "report.html"
     run_notebooks.write_html(nb, html)
-    assert html.read_text().count("data:image/png;base64") >= n_figures
+    body = html.read_text()
+    assert _images(body) == n_figures
+    # The report hides the code by default (nbconvert's exclude_input); --show-code shows it.
+    assert "load_sweep" not in body and 'class="jp-InputPrompt' not in body
+    run_notebooks.write_html(nb, html, show_code=True)
+    shown = html.read_text()
+    assert "load_sweep" in shown and 'class="jp-InputPrompt' in shown and _images(shown) == n_figures
+
+
+@pytest.mark.slow
+def test_sweep_overview_ranks_by_the_mean_over_seeds_and_shows_the_same_best(store, executed):
+    """Notebook 01's ranking, ties, gallery and conclusion are the package's, computed from the store."""
+    from backprop_lab import analysis
+    from backprop_lab.analysis import summary
+
+    runs, _ = analysis.load_sweep(store.uri, "backprop-lab/default")
+    table = summary.rank(runs, summary.swept_keys(runs))
+    best = table.iloc[0]
+    tied = table[table["tied"]]
+    nb = executed("01-sweep-overview.ipynb")
+    ranking = _cell_text(nb, "summary.answer(")
+    label = summary.config_label(best, table.attrs["keys"])
+    # Row 1 is the best configuration with its mean ± std over the seeds and their count.
+    first = next(line for line in ranking.splitlines() if re.match(r"^1\b", line))
+    assert label in first and summary.mean_std(best) in first, first
+    assert len(re.findall(r"^\d+ =", ranking, re.M)) == (len(tied) if len(tied) > 1 else 0)
+    # The gallery's first tiles are the ranking's best configurations, best first.
+    gallery = next(c for c in nb.cells if c.cell_type == "code" and "gallery_picks" in c.source)
+    assert any("image/png" in o.get("data", {}) for o in gallery.outputs)
+    tiles = _cell_text(nb, "gallery_picks").split("tiles: ", 1)[1].split("; ")
+    for k, (_, row) in enumerate(tied.iterrows()):
+        assert tiles[k].startswith(f"#{k + 1} {summary.config_label(row, table.attrs['keys'])}, "
+                                   f"{summary.mean_std(row)}"), (k, tiles)
+    conclusion = _cell_text(nb, "note_markdown")
+    assert f"Best: {label}, test acc {summary.mean_std(best)}" in conclusion
+    for _, row in tied.iloc[1:].iterrows():  # every tie named with its own mean ± std
+        assert f"{summary.config_label(row, table.attrs['keys'])} {summary.mean_std(row)}" in conclusion
+    # One shared colour scale: the summary figure is summary.summary_figure's (one image).
+    figure_cell = next(c for c in nb.cells if c.cell_type == "code" and "summary_figure" in c.source)
+    assert sum("image/png" in o.get("data", {}) for o in figure_cell.outputs) == 1
 
 
 @pytest.mark.slow
 def test_sweep_overview_names_the_runs_that_really_diverged(store, executed):
     """The latest tiny sweep's runs at lr=DIVERGING_LR overflowed: notebook 01 must say so."""
     client = MlflowClient(store.uri)
-    parent = client.search_runs([client.get_experiment_by_name("backprop-lab/default").experiment_id],
-                                "tags.`bpl.role` = 'parent'", order_by=["attributes.start_time DESC"])[0]
+    parent = _latest_parent(client, "backprop-lab/default")
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     diverged = {r.info.run_name: int(r.data.tags["bpl.diverged_epoch"]) for r in children
@@ -85,9 +138,9 @@ def test_sweep_overview_names_the_runs_that_really_diverged(store, executed):
     diverged_runs = [r for r in children if r.info.run_name in diverged]
     assert len(diverged) == n_runs // 2
     assert {float(r.data.params["optim.lr"]) for r in diverged_runs} == {DIVERGING_LR}
-    cells = {(r.data.params["init.name"], r.data.params["model.width"]) for r in diverged_runs}
     nb = executed("01-sweep-overview.ipynb")
-    assert re.search(r"^diverged\s+%d$" % len(diverged), _cell_text(nb, "value_counts()"), re.M)
+    counts = _cell_text(nb, "value_counts()")
+    assert re.search(rf"^diverged\s+{len(diverged)}$", counts, re.M), counts
 
     table = _cell_text(nb, "did not finish normally")
     assert f"{len(diverged)} of {n_runs} runs did not finish normally" in table
@@ -95,15 +148,49 @@ def test_sweep_overview_names_the_runs_that_really_diverged(store, executed):
         assert re.search(rf"{re.escape(name)}\s+diverged\s+{epoch}\s+{epoch}\.0\s", table), (name, epoch)
     assert len(re.findall(r"^\d+\s+lr=", table, re.M)) == len(diverged)  # no other row
 
-    # Tables of means: the all-diverged cells say so instead of averaging the blow-up.
-    means = _cell_text(nb, "aggregate_seeds")
-    assert means.count("diverged") == len(cells)  # one cell per (init, width) at that lr
-    conclusion = _cell_text(nb, "runs diverged")
+    # The ranking counts the all-diverged configurations and never averages them.
+    ranking = _cell_text(nb, "summary.answer(")
+    lost = [line for line in ranking.splitlines() if f"lr={DIVERGING_LR}" in line]
+    assert len(lost) == len(DEFAULT_GRID["init"]) * len(DEFAULT_GRID["model.width"])
+    assert all("n/a (n=0)" in line and re.search(r"\s2\s+0$", line) for line in lost), lost
+    conclusion = _cell_text(nb, "note_markdown")
     assert f"{len(diverged)} of {n_runs} runs diverged, all at lr in {{{DIVERGING_LR:g}}}." in conclusion
     # Diverged runs are left out of the averages: only the other lr remains to compare.
     (kept,) = [lr for lr in DEFAULT_GRID["optim.lr"] if lr != DIVERGING_LR]
-    assert f"only learning rate {kept:g} is left to compare" in conclusion
-    assert re.search(r"init `\w+` is best \(\d\.\d{3}\) and `\w+` worst", conclusion), conclusion
+    assert f"only lr {kept} is left to compare" in conclusion
+    assert re.search(r"init \w+ \d\.\d{3} ± \d\.\d{3} \(n=\d+\).* vs \w+ \d\.\d{3}", conclusion), conclusion
+
+
+@pytest.mark.slow
+def test_initialization_study_verdict_is_the_real_deep_store(store, executed):
+    """Notebook 02's verdict per scheme, checked against each run's training loss read from MLflow."""
+    client = MlflowClient(store.uri)
+    parent = _latest_parent(client, "backprop-lab/deep_init")
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert {int(r.data.params["model.depth"]) for r in children} == {DEEP_DEPTH}
+    lowest = {}
+    for run in children:  # the criterion: a run trains when its loss falls below ln(2)/2 once
+        losses = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
+        lowest.setdefault(run.data.params["init.name"], []).append(min(losses))
+    trains = {init: all(v < math.log(2) / 2 for v in values) for init, values in lowest.items()}
+    assert trains == {"he": True, "xavier": False}  # He et al. 2015, Fig. 3, at depth 30
+    assert all(v > 0.68 for v in lowest["xavier"])  # stalled at ln 2, not merely slow
+
+    nb = executed("02-initialization-study.ipynb")
+    verdict = _cell_text(nb, "per_run = runs")
+    n = len(DEEP_GRID["seed"])
+    for init, ok in trains.items():
+        row = next(line for line in verdict.splitlines() if re.search(rf"\s{init}\s+{n}\s+\d/{n}\s", line))
+        assert re.search(rf"\s{n if ok else 0}/{n}\s+{'trains' if ok else 'stalls'}\s", row), row
+        mean = sum(lowest[init]) / n
+        assert f"{mean:.3f} ± " in row, (row, mean)
+    conclusion = _cell_text(nb, "predicted = ")
+    assert "**trains**: `he` (2/2 seeds trained); **stalls**: `xavier` (0/2 seeds trained)" in conclusion
+    assert "The prediction of part 1 holds for 2 of 2 scheme(s)." in conclusion
+    # Part 1 (no store): measured per-layer ratios agree with r = fan * Var(W) / 2.
+    part1 = _cell_text(nb, "measured_ratio(std)")
+    assert re.search(r"agree with theory within [0-9]%", part1), part1
 
 
 def _run_notebooks(*args):
@@ -112,32 +199,61 @@ def _run_notebooks(*args):
 
 
 @pytest.mark.slow
-def test_run_notebooks_writes_an_html_report_with_figures(store, tmp_path):
-    done = _run_notebooks(NOTEBOOKS / "03-gradient-checking.ipynb", "--tracking-uri", store.uri,
-                          "--out", tmp_path)
+def test_make_notebooks_after_the_default_sweep_only_exits_0_and_names_the_missing_sweep(store, tmp_path):
+    """`make sweep && make notebooks`: no deep_init sweep. 02 runs part 1 and says what fills part 2."""
+    db = tmp_path / "mlflow.db"
+    shutil.copy(store.root / "mlflow.db", db)  # artifacts stay where the runs point (absolute paths)
+    with sqlite3.connect(db) as con:  # the store as a user has it before `make sweep SWEEP=deep_init`
+        con.execute("UPDATE experiments SET name = 'backprop-lab/elsewhere' "
+                    "WHERE name = 'backprop-lab/deep_init'")
+    done = _run_notebooks(NOTEBOOKS / "02-initialization-study.ipynb",
+                          NOTEBOOKS / "03-gradient-checking.ipynb",
+                          "--tracking-uri", f"sqlite:///{db}", "--out", tmp_path / "reports")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ok      03-gradient-checking.ipynb" in done.stdout
-    html = (tmp_path / "03-gradient-checking.html").read_text()
-    assert html.count("data:image/png;base64") >= EXPECTED_FIGURES["03-gradient-checking.ipynb"]
+    assert "partial 02-initialization-study.ipynb" in done.stdout
+    assert "experiment 'backprop-lab/deep_init' not found" in done.stdout
+    assert "run `make sweep SWEEP=deep_init` first" in done.stdout
+    assert "stderr" not in done.stdout and "WARNING" not in done.stderr  # no kernel warning either
+    html = (tmp_path / "reports" / "02-initialization-study.html").read_text()
+    assert "Not run: this part reads a sweep" in html and "make sweep SWEEP=deep_init" in html
+    assert _images(html) == 1  # part 1's figure, drawn without a store
+    assert "Part 1" in html and "ratio_per_layer" not in html  # no code by default
 
 
 @pytest.mark.slow
 def test_run_notebooks_names_the_missing_sweep_in_one_line(store, tmp_path):
     done = _run_notebooks(NOTEBOOKS / "03-gradient-checking.ipynb", "--tracking-uri", store.uri,
                           "--experiment", "backprop-lab/optimizers", "--out", tmp_path)
-    assert done.returncode == 1
-    assert "FAILED  03-gradient-checking.ipynb: experiment 'backprop-lab/optimizers' not found" in done.stdout
+    assert done.returncode == 1  # nothing that reads a sweep ran
+    assert "partial 03-gradient-checking.ipynb" in done.stdout
+    assert "experiment 'backprop-lab/optimizers' not found" in done.stdout
     assert "run `make sweep SWEEP=optimizers` first" in done.stdout
-    assert not list(tmp_path.glob("*.html"))
+    html = (tmp_path / "03-gradient-checking.html").read_text()
+    assert "A planted bug, caught" in html and _images(html) == 1
+
+
+def test_without_sweep_drops_only_the_tagged_cells():
+    nb = nbformat.read(NOTEBOOKS / "02-initialization-study.ipynb", as_version=4)
+    tagged = [c for c in nb.cells if "needs-sweep" in c.metadata.get("tags", [])]
+    kept = [c.source for c in nb.cells if c not in tagged]
+    assert tagged and any("load_sweep" in c.source for c in tagged)
+    assert not any("load_sweep" in s for s in kept) and any("preactivations" in s for s in kept)
+    dropped = run_notebooks.without_sweep(nb, "run `make sweep SWEEP=deep_init` first")
+    assert dropped == sum(c.cell_type == "code" for c in tagged)
+    assert [c.source for c in nb.cells if "missing-sweep" not in c.metadata.get("tags", [])] == kept
+    (note,) = [c for c in nb.cells if "missing-sweep" in c.metadata.get("tags", [])]
+    assert note.cell_type == "markdown" and note.source.endswith("run `make sweep SWEEP=deep_init` first")
 
 
 def test_error_line_is_the_analysis_error_of_a_failed_cell():
     from nbclient.exceptions import CellExecutionError
 
+    line = "no sweep (parent run) in experiment 'x': run `make sweep` first"
     traceback = ("\x1b[31m---------\x1b[0m\nAnalysisError                 Traceback\n"
-                 "\x1b[31mAnalysisError\x1b[0m: no sweep (parent run) in experiment 'x': run `make sweep` first\n")
+                 f"\x1b[31mAnalysisError\x1b[0m: {line}\n")
     error = CellExecutionError(traceback, "AnalysisError", "no sweep")
-    assert run_notebooks.error_line(error) == "no sweep (parent run) in experiment 'x': run `make sweep` first"
+    assert run_notebooks.error_line(error) == line
 
 
 def test_each_notebook_declares_its_default_experiment():

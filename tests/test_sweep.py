@@ -79,10 +79,11 @@ def test_every_preset_expands_and_validates(preset):
     elif preset == "optimizers":
         assert {rc.optim.name for rc in rcs} == {"gd", "sgd", "momentum", "nesterov", "adam"}
     elif preset == "deep_init":
-        assert all(len(rc.model.hidden_sizes) >= 10 and rc.model.activation == "relu" for rc in rcs)
+        # He et al. (2015, Fig. 3): depth 30, every scheme at the same lr, seeds for bands.
+        assert all(len(rc.model.hidden_sizes) >= 30 and rc.model.activation == "relu" for rc in rcs)
         assert {rc.init.name for rc in rcs} >= {"he", "xavier", "lecun", "normal"}
         assert {rc.init.std for rc in rcs if rc.init.name == "normal"} == {0.01}
-        assert len({rc.optim.lr for rc in rcs}) >= 2
+        assert len({rc.seed for rc in rcs}) >= 3 and {rc.sweep["per"] for rc in rcs} == {"init"}
 
 
 def test_expansion_matches_basic_sweeper_order_and_command_line_wins():
