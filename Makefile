@@ -12,6 +12,7 @@ TRIALS ?= 40
 LAUNCHER ?= basic
 RAY_ADDRESS ?=
 ARGS ?=
+DRY ?= 0
 DISTRIBUTED ?= 0
 TEST_ARGS ?=
 
@@ -20,6 +21,9 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export RAY_USAGE_STATS_ENABLED := 0
 export BPL_DISTRIBUTED := $(DISTRIBUTED)
+# train/sweep: ARGS reaches scripts/train.py unparsed by the shell (it splits them like a command
+# line itself), so `ARGS='seed=range(0,3)'` and `ARGS="model.hidden_sizes=[8,4]"` arrive intact.
+train sweep: export BPL_ARGS = $(ARGS)
 
 .PHONY: help setup test test-distributed train sweep search ui server notebooks lint bench bench-tracking bench-plots bench-launchers bench-sweep reproduce clean
 
@@ -42,13 +46,16 @@ test-distributed: ## Run only the distributed tests (Ray cluster, tracking serve
 	@$(MAKE) --no-print-directory test DISTRIBUTED=1 TEST_ARGS="-m distributed $(TEST_ARGS)"
 
 train: setup ## One run with the defaults; overrides pass through: make train ARGS="optim.lr=0.3"
-	@$(PY) scripts/train.py $(ARGS)
+	@$(PY) scripts/train.py
 
-sweep: setup ## Run a sweep preset (SWEEP=default|seeds|datasets|optimizers|deep_init, JOBS=N, LAUNCHER=basic|ray|slurm, RAY_ADDRESS=host:port, ARGS=overrides)
+sweep: setup ## Run a sweep preset (SWEEP=default|seeds|datasets|optimizers|deep_init, JOBS=N, LAUNCHER=basic|ray|slurm, RAY_ADDRESS=host:port, DRY=1 lists the jobs, ARGS=overrides)
+	@case '$(subst ','',$(JOBS))' in *[!0-9]*|0*) echo "JOBS=$(subst ','',$(JOBS)): must be a positive integer (jobs at once; empty: one per core)" >&2; exit 2;; esac
+	@case '$(subst ','',$(LAUNCHER))' in basic|ray|slurm) ;; *) echo "LAUNCHER=$(subst ','',$(LAUNCHER)): must be one of basic, ray, slurm" >&2; exit 2;; esac
+	@case '$(subst ','',$(DRY))' in 0|1) ;; *) echo "DRY=$(subst ','',$(DRY)): must be 0 or 1" >&2; exit 2;; esac
 	@$(PY) scripts/train.py --multirun +sweep=$(SWEEP) \
 	  $(if $(JOBS),hydra.launcher.n_jobs=$(JOBS)) \
 	  $(if $(filter ray,$(LAUNCHER)),hydra/launcher=ray_cluster $(if $(RAY_ADDRESS),hydra.launcher.ray.init.address=$(RAY_ADDRESS))) \
-	  $(if $(filter slurm,$(LAUNCHER)),hydra/launcher=slurm) $(ARGS)
+	  $(if $(filter slurm,$(LAUNCHER)),hydra/launcher=slurm) $(if $(filter 1,$(DRY)),hydra.sweeper.dry_run=true)
 
 search: setup ## Optuna search (TPE + median pruning), each trial's seeds child runs (SPACE=default|optimizers TRIALS=40 JOBS=1 ARGS=overrides)
 	@$(PY) scripts/search.py SPACE=$(SPACE) TRIALS=$(TRIALS) JOBS=$(or $(JOBS),1) $(ARGS)

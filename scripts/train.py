@@ -1,36 +1,51 @@
-"""One training run, or a sweep with --multirun: a thin Hydra entry point over experiment.run."""
+"""One training run, or a sweep with --multirun: a thin Hydra entry point over tracking.run.run.
+
+A sweep is owned by the project's Hydra sweeper (src/hydra_plugins/backprop_lab_sweeper); each of
+its jobs is this same task function, returning its RunSummary to the sweeper. `make` passes its
+ARGS in BPL_ARGS (split like a shell command line, parentheses and all: `seed=range(0,3)`).
+"""
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
-for _k, _v in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"), ("RAY_USAGE_STATS_ENABLED", "0")):
-    os.environ.setdefault(_k, _v)  # telemetry off before anything imports mlflow
+# Telemetry off before anything imports mlflow or ray (Hydra's plugin scan imports the launchers).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg):
     from backprop_lab.tracking.run import ConfigError, UserError, job_from_hydra, run
 
-    job = job_from_hydra(HydraConfig.get(), sys.argv[1:])
+    job = job_from_hydra(HydraConfig.get())
     try:
         summary = run(cfg, job)
     except UserError as exc:  # single run: one line (bad config, unusable store), nothing written
         print(exc, file=sys.stderr)
         sys.exit(2 if isinstance(exc, ConfigError) else 1)
+    except KeyboardInterrupt:
+        if job.mode == "multirun":
+            raise  # the sweeper ends the sweep with its own line
+        print("interrupted: the run ended KILLED", file=sys.stderr)
+        sys.exit(130)
     if summary.status == "failed" and job.mode == "single":
         sys.exit(1)
     return summary
 
 
 def precheck(argv: list[str]) -> None:
-    """Hydra's own composition errors (unknown option, misspelt key) as one line, before Hydra runs.
+    """Hydra's composition errors (unknown option, misspelt key) as one line, before Hydra runs.
 
     A single run's overrides are composed once here. A multirun's values may be sweeps (a,b), so
-    only its preset choice is checked here; the sweep callback validates every job up front.
+    only its preset choice is checked here; the sweeper composes and checks every job up front.
     """
     from backprop_lab.config.overrides import ConfigError, check_overrides
     from backprop_lab.config.schema import check_ascii
@@ -43,16 +58,15 @@ def precheck(argv: list[str]) -> None:
     overrides = [a for a in argv if not a.startswith("-")]
     if len(overrides) != len(argv):  # --multirun, -m, --cfg ...
         overrides = [a for a in overrides if a.lstrip("+").startswith("sweep=")]
-    if not overrides and len(overrides) != len(argv):
-        return
-    config_dir = str(Path(__file__).resolve().parent.parent / "conf")
+        if not overrides:
+            return
     try:
-        check_overrides(config_dir, overrides)
+        check_overrides(str(CONF), overrides)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         sys.exit(2)
     if len(overrides) == len(argv):  # a single run: its values and its store, before Hydra starts
-        check_single_run(config_dir, overrides)
+        check_single_run(str(CONF), overrides)
 
 
 def check_single_run(config_dir: str, overrides: list[str]) -> None:
@@ -76,5 +90,6 @@ def check_single_run(config_dir: str, overrides: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv += shlex.split(os.environ.pop("BPL_ARGS", ""))
     precheck(sys.argv[1:])
     main()

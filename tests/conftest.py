@@ -1,6 +1,10 @@
-"""Shared test set-up: telemetry off, marker gating."""
+"""Shared test set-up: telemetry off, marker gating, and `tiny_sweep`: one real sweep per session."""
 
 import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -16,3 +20,69 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "distributed" in item.keywords:
             item.add_marker(skip)
+
+
+# --------------------------------------------------------------------------- one real tiny sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class TinySweep:
+    """A finished tiny sweep (see `tiny_sweep`): where it wrote and what it printed."""
+
+    root: Path  # tmp folder: mlflow.db, art/ (artifacts), multirun/ (Hydra's job folders)
+    args: tuple[str, ...]  # scripts/train.py arguments of the sweep (store and sweep dir included)
+    experiment: str
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def uri(self) -> str:
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(self.uri)
+
+    def runs(self, flt: str = ""):
+        client = self.client()
+        experiment = client.get_experiment_by_name(self.experiment)
+        return client.search_runs([experiment.experiment_id], flt, max_results=1000)
+
+
+TINY_EPOCHS = 30
+# init x lr x seed at width 3 on moons (the default preset's data): 8 jobs, 2 seeds per config.
+# lr=1e10 makes both of its configs diverge (a non-finite loss after ~17 epochs, status
+# "diverged"); lr=1.0 finishes. `train.epochs` is a user override, so it is in every run name.
+TINY_GRID = ("init=he,xavier", "optim.lr=1.0,1e10", "seed=0,1", "model.width=3")
+
+
+def train_command(root: Path, *args: str) -> list[str]:
+    """scripts/train.py with its store and sweep dir under `root`."""
+    return [sys.executable, str(REPO / "scripts" / "train.py"), *args,
+            f"tracking.uri=sqlite:///{root / 'mlflow.db'}", f"tracking.artifact_root={root / 'art'}",
+            f"hydra.sweep.dir={root / 'multirun'}"]
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "MLFLOW_TRACKING_URI")}
+    env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", RAY_USAGE_STATS_ENABLED="0")
+    return env
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory) -> TinySweep:
+    """`make sweep` shrunk: the real command line (`scripts/train.py --multirun +sweep=default
+    init=he,xavier optim.lr=1.0,1e10 seed=0,1 model.width=3 train.epochs=30`) into a fresh SQLite
+    store, once per session. 8 jobs under one parent (experiment backprop-lab/default): 4
+    finished (lr=1.0), 4 diverged (lr=1e10), none failed. Read it; do not write into it (other
+    tests share it); re-running `args` resumes it (everything skipped)."""
+    root = tmp_path_factory.mktemp("tiny_sweep")
+    args = ("--multirun", "+sweep=default", *TINY_GRID, f"train.epochs={TINY_EPOCHS}")
+    done = subprocess.run(train_command(root, *args), cwd=root, env=clean_env(), capture_output=True,
+                          text=True, timeout=900)
+    return TinySweep(root, tuple(train_command(root, *args)[2:]), "backprop-lab/default",
+                     done.returncode, done.stdout, done.stderr)

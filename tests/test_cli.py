@@ -56,8 +56,9 @@ BAD = [
     ("optim=nope", "optim=nope: no such option; valid: adam"),
     ("data=nope", "data=nope: no such option; valid: blobs"),
     ("init.name=nope", "init.name=nope: must be one of: he"),
-    ("optim.lrr=0.1", "optim.lrr=0.1: unknown key (misspelt?); valid keys here: name, lr"),
+    ("optim.lrr=0.1", "optim.lrr=0.1: unknown key (did you mean optim.lr?); valid keys here: name, lr"),
     ("+optim.lrr=0.1", "optim.lrr=0.1: unknown key (misspelt?); valid keys here: name, lr"),
+    ("init=hee", "init=hee: no such option (did you mean he?); valid: he"),
     ("data.test_fraction=1.5", "data.test_fraction=1.5: must be in (0, 1)"),
 ]
 
@@ -102,24 +103,36 @@ def test_unwritable_store_path_fails_with_one_line(tmp_path, cli_env):
     assert proc.stderr.count("\n") == 1 and str(blocker) in proc.stderr and "writable" in proc.stderr
 
 
+# --------------------------------------------------------------------------- make train / make sweep
+
+
+def _make(tmp_path, target, *variables, timeout=300):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
+    return subprocess.run(["make", "--no-print-directory", "-C", str(REPO), target, *variables], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.mark.slow
-def test_four_job_multirun_logs_four_children(tmp_path, cli_env):
-    proc = _train(tmp_path, cli_env, "--multirun", "train.epochs=5", "optim.lr=0.1,0.3",
-                  "model.width=2,8", f"hydra.sweep.dir={tmp_path / 'sweep'}", "experiment_name=cli-sweep",
-                  timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("cli-sweep")
-    children = client.search_runs([exp.experiment_id], "tags.`bpl.role` = 'child'")
-    assert len(children) == 4
-    assert {(r.data.params["optim.lr"], r.data.params["model.width"]) for r in children} == {
-        ("0.1", "2"), ("0.1", "8"), ("0.3", "2"), ("0.3", "8")}
-    assert {r.info.run_name for r in children} == {"lr=0.1 width=2", "lr=0.1 width=8",
-                                                   "lr=0.3 width=2", "lr=0.3 width=8"}
-    assert all(r.info.status == "FINISHED" for r in children)
-    assert {r.data.tags["bpl.sweep_dir"] for r in children} == {str(tmp_path / "sweep")}
-    for name in ("lr=0.1 width=2", "lr=0.3 width=8"):
-        assert any(line.startswith(name) for line in proc.stdout.splitlines()), proc.stdout
+@pytest.mark.parametrize("variable, expected", [
+    ("JOBS=0", "JOBS=0: must be a positive integer (jobs at once; empty: one per core)"),
+    ("JOBS=abc", "JOBS=abc: must be a positive integer (jobs at once; empty: one per core)"),
+    ("LAUNCHER=nope", "LAUNCHER=nope: must be one of basic, ray, slurm"),
+])
+def test_make_sweep_checks_jobs_and_launcher_in_one_line(tmp_path, variable, expected):
+    proc = _make(tmp_path, "sweep", variable, "DRY=1")
+    assert proc.returncode == 2
+    # The line, then make's own "*** [Makefile:NN: sweep] Error 2" (as for any failing target).
+    assert proc.stderr.splitlines()[0] == expected and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_make_sweep_args_with_parentheses_reach_hydra_intact(tmp_path):
+    store = f"tracking.uri=sqlite:///{tmp_path / 'm.db'} hydra.sweep.dir={tmp_path / 'sweep'}"
+    proc = _make(tmp_path, "sweep", "SWEEP=seeds", "DRY=1", f"ARGS=seed=range(0,3) model.width=2 {store}")
+    assert proc.returncode == 0, proc.stderr
+    listed = [ln for ln in proc.stdout.splitlines() if ln.startswith("[")]
+    assert [ln.split()[1:3] for ln in listed] == [["width=2", f"seed={s}"] for s in range(3)]
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -128,7 +141,9 @@ def test_four_job_multirun_logs_four_children(tmp_path, cli_env):
         ("init=foo", "invalid config: init=foo: no such option; valid: he, he_lecun_output"),
         ("optim=foo", "invalid config: optim=foo: no such option; valid: adam, gd"),
         ("data=foo", "invalid config: data=foo: no such option; valid: blobs, circles"),
-        ("optim.lrr=0.1", "invalid config: optim.lrr=0.1: unknown key (misspelt?); valid keys here: name, lr"),
+        ("optim.lrr=0.1", "invalid config: optim.lrr=0.1: unknown key (did you mean optim.lr?); valid keys "
+                          "here: name, lr"),
+        ("optim=adamm", "invalid config: optim=adamm: no such option (did you mean adam?); valid: adam, gd"),
         ("bogus=1", "invalid config: bogus=1: unknown key (misspelt?); valid keys here: data, model"),
         ("optim.lr=(", "invalid config: <command line>: Error parsing override 'optim.lr=('"),
     ],

@@ -10,9 +10,10 @@ import yaml
 from hydra import compose, initialize
 from mlflow import MlflowClient
 
+from backprop_lab.config import names
 from backprop_lab.config import schema as C
 from backprop_lab.tracking import run as experiment
-from backprop_lab.tracking.run import JobContext
+from backprop_lab.tracking.run import JobContext, SweepJob
 
 EPOCHS = 12
 ARTIFACTS = {"plots/decision_boundary.png", "plots/curves.png", "plots/data.png", "config/config.yaml",
@@ -133,7 +134,7 @@ def test_invalid_config_writes_nothing(make_cfg, tmp_path):
 
 
 def test_multirun_mode_returns_failed_summary_instead_of_raising(make_cfg, tmp_path):
-    summary = experiment.run(make_cfg("model.width=0"), JobContext(mode="multirun", sweep_dir=str(tmp_path)))
+    summary = experiment.run(make_cfg("model.width=0"), JobContext(mode="multirun"))
     assert summary.status == "failed" and "model.width=0" in summary.error
     assert not (tmp_path / "mlflow.db").exists()
 
@@ -150,22 +151,41 @@ def test_diverged_run_is_finished_with_status_and_epoch(make_cfg, tmp_path):
     assert len(history) == epoch and all(np.isfinite(m.value) for m in history)
 
 
-def test_multirun_child_is_linked_to_parent_of_its_sweep_dir(make_cfg, tmp_path):
+def test_sweep_job_reads_parent_and_name_from_its_config_not_as_params(make_cfg, tmp_path, capsys):
     from backprop_lab.tracking import client as tracking
 
     rc = C.validate(make_cfg())
     uri, art = tracking.resolve_tracking(rc)
     client = tracking.prepare_store(uri, art)
     exp_id = tracking.ensure_experiment(client, rc.experiment_name, art)
-    sweep_dir = tmp_path / "multirun" / "s1"
-    parent = client.create_run(exp_id, tags={"bpl.role": "parent", "bpl.sweep_dir": str(sweep_dir)})
-    job = JobContext(mode="multirun", sweep_dir=str(sweep_dir), job_num=0,
-                     overrides=("init=xavier", "optim.lr=0.3"), preset="default")
-    summary = experiment.run(make_cfg("init=xavier", "optim.lr=0.3"), job)
-    tags = client.get_run(summary.run_id).data.tags
-    assert tags["mlflow.parentRunId"] == parent.info.run_id
-    assert (tags["bpl.role"], tags["bpl.preset"], tags["bpl.sweep_dir"]) == ("child", "default", str(sweep_dir))
-    assert summary.run_name == "lr=0.3 init=xavier"
+    parent = client.create_run(exp_id, tags={"bpl.role": "parent"})
+    sweep = SweepJob(parent.info.run_id, "lr=0.3 init=xavier", 2, 5, 0.0)
+    overrides = ("init=xavier", "optim.lr=0.3", "+sweep=default")
+    summary = experiment.run(make_cfg(*overrides, *sweep.overrides()), JobContext("multirun", overrides))
+    run = client.get_run(summary.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert (run.data.tags["bpl.role"], run.data.tags["bpl.preset"]) == ("child", "default")
+    assert run.info.run_name == summary.run_name == "lr=0.3 init=xavier"
+    assert {k for k in run.data.params if k.startswith("sweep.")} == {"sweep.preset"}
+    assert summary.values == {"lr": 0.3, "init": "xavier"} and summary.seed == 0
+    assert capsys.readouterr().out.startswith("[2/5] lr=0.3 init=xavier")
+
+
+def test_store_failing_in_create_run_is_one_failed_job(make_cfg, tmp_path, monkeypatch, capsys):
+    """A full disk (or any store error) while creating the run: the job ends failed with one line."""
+    from mlflow import MlflowClient
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(MlflowClient, "create_run", full_disk)
+    summary = experiment.run(make_cfg(), JobContext(mode="multirun"))
+    assert (summary.status, summary.error) == ("failed", "tracking store: [Errno 28] No space left on device")
+    assert summary.run_id is None
+    [line] = capsys.readouterr().out.splitlines()
+    assert line.endswith("(tracking store: [Errno 28] No space left on device)")
+    with pytest.raises(C.UserError, match="tracking store: .*No space left"):
+        experiment.run(make_cfg())  # a single run: the entry point prints it as one line
 
 
 def test_crash_after_start_ends_run_failed_with_traceback(make_cfg, tmp_path, monkeypatch):
@@ -177,7 +197,7 @@ def test_crash_after_start_ends_run_failed_with_traceback(make_cfg, tmp_path, mo
         raise RuntimeError("figure exploded")
 
     monkeypatch.setattr(render, "curves_png", broken)
-    summary = experiment.run(make_cfg(), JobContext(mode="multirun", sweep_dir=str(tmp_path)))
+    summary = experiment.run(make_cfg(), JobContext(mode="multirun"))
     assert summary.status == "failed" and "figure exploded" in summary.error
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.get_run(summary.run_id)
@@ -190,17 +210,14 @@ def test_crash_after_start_ends_run_failed_with_traceback(make_cfg, tmp_path, mo
     ((), "defaults"),
     (("model.width=16", "optim.lr=0.1", "init=he"), "lr=0.1 width=16 init=he"),
     (("+sweep=default", "seed=3", "optim=adam", "model.activation=tanh", "hydra.verbose=true"),
-     "opt=adam seed=3 act=tanh"),
-    (("data=moons", "train.epochs=5", "tracking.uri=sqlite:///x.db"), "data=moons epochs=5"),
+     "opt=adam act=tanh seed=3"),
+    (("data=moons", "train.epochs=5", "tracking.uri=sqlite:///x.db", "experiment_name=x"),
+     "data=moons epochs=5"),
+    (("gradcheck.h=1e-5", "data.n_samples=10", "gradcheck.n_samples=3"),
+     "data.n_samples=10 gradcheck.n_samples=3 h=1e-5"),
 ])
-def test_run_names_use_short_aliases(overrides, name):
-    assert experiment.run_name(overrides) == name
-
-
-def test_multirun_names_only_the_swept_keys():
-    overrides = ("train.epochs=5", "optim.lr=0.3", "model.width=8", "experiment_name=x", "init=he")
-    assert experiment.run_name(overrides, swept=("optim.lr", "model.width")) == "lr=0.3 width=8"
-    assert experiment.run_name(overrides) == "lr=0.3 width=8 init=he epochs=5"
+def test_run_names_use_short_names_and_carry_every_override(overrides, name):
+    assert names.run_name(overrides) == name
 
 
 def test_blas_threads_limit_the_run_and_are_not_part_of_its_identity(make_cfg):

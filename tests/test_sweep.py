@@ -1,24 +1,28 @@
-"""Sweep level (issue 3): presets, up-front validation, parent run and children, the summary.
+"""The sweep as its owner runs it (issue 12): presets, up-front validation, the parent the sweeper
+creates and hands to each job through the job's config, the summary built from the jobs' return
+values, one line per run, names that tell configs apart, and the dry run.
 
-Fast tests compose the real presets in-process; the slow ones run the real command line
-(`scripts/train.py --multirun`) into a SQLite store and a sweep dir under tmp_path.
+Fast tests compose the real presets, or run a real Hydra multirun in-process; the others read
+the session's `tiny_sweep` (tests/conftest.py) or run the real command line into tmp_path.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import clean_env, train_command
+from hydra import initialize_config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 PRESETS = ("default", "seeds", "datasets", "optimizers", "deep_init")
-ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-       "RAY_USAGE_STATS_ENABLED": "0"}
+ENV = clean_env()
 
 
 def store_args(tmp_path: Path) -> list[str]:
@@ -47,16 +51,15 @@ def runs_of(client, experiment: str, flt: str = ""):
 
 def compose_sweep(*overrides: str):
     """The driver's view of `--multirun <overrides>`: jobs expanded and validated in-process."""
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
 
-    from backprop_lab.sweep import owner as sweep
+    from backprop_lab.sweep import jobs as sweep_jobs
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        from hydra.core.global_hydra import GlobalHydra
-
         cfg = GlobalHydra.instance().hydra.compose_config(
             "config", overrides=list(overrides), run_mode=RunMode.MULTIRUN)
-        return sweep.compose_jobs(cfg, sweep.expand_jobs(cfg))
+        return sweep_jobs.plan_jobs(cfg, list(cfg.hydra.overrides.task), None)
 
 
 # --------------------------------------------------------------------------- presets (fast)
@@ -69,6 +72,7 @@ def test_every_preset_expands_and_validates(preset):
     assert {rc.experiment_name for rc in rcs} == {f"backprop-lab/{preset}"}
     assert {(rc.sweep or {}).get("preset") for rc in rcs} == {preset}
     assert len({j.config_key for j in jobs}) == len(jobs), "two jobs compute the same thing"
+    assert len({j.name for j in jobs}) == len(jobs), "two jobs share a run name"
     if preset == "default":
         assert len({rc.optim.lr for rc in rcs}) >= 3 and len({rc.model.width for rc in rcs}) >= 4
         assert len({rc.init.name for rc in rcs}) >= 3 and len(jobs) >= 36
@@ -88,15 +92,27 @@ def test_every_preset_expands_and_validates(preset):
 
 def test_expansion_matches_basic_sweeper_order_and_command_line_wins():
     jobs = compose_sweep("+sweep=default", "model.width=3,5", "seed=0", "train.epochs=7")
-    assert len(jobs) == 3 * 3 * 2  # the command line replaced the preset's widths
+    assert len(jobs) == len(compose_sweep("+sweep=default", "model.width=3", "seed=0")) * 2
     assert {j.run_config.model.width for j in jobs} == {3, 5}
     assert {j.run_config.train.epochs for j in jobs} == {7}
     # BasicSweeper crosses in key order, the last key varying fastest.
     assert [j.run_config.model.width for j in jobs[:4]] == [3, 5, 3, 5]
 
 
+def test_run_names_carry_every_override_and_differ_when_configs_differ():
+    """A user override (train.epochs) is in the name, so 200 and 1000 epochs never share one."""
+    short, long = compose_sweep("optim.lr=0.1,0.2", "train.epochs=200"), compose_sweep("optim.lr=0.1,0.2")
+    assert [j.name for j in short] == ["lr=0.1 epochs=200", "lr=0.2 epochs=200"]
+    assert [j.name for j in long] == ["lr=0.1", "lr=0.2"]
+    assert short[0].values == {"lr": 0.1, "epochs": 200}
+    odd = compose_sweep("gradcheck.h=1e-5,1e-4", "data.n_samples=100", "optim=adam", "optim.beta1=0.8")
+    # Unknown keys by their last part; the group choice by its short name.
+    assert odd[0].name == "opt=adam beta1=0.8 h=1e-05 n_samples=100"
+    assert len(odd[0].name) <= 45
+
+
 def test_sweep_key_is_the_definition_not_the_force_flag_or_store():
-    from backprop_lab.sweep.owner import sweep_key
+    from backprop_lab.sweep.jobs import sweep_key
 
     base = compose_sweep("optim.lr=0.1,0.2", "train.epochs=5")
     forced = compose_sweep("optim.lr=0.1,0.2", "train.epochs=5", "force=true",
@@ -107,103 +123,275 @@ def test_sweep_key_is_the_definition_not_the_force_flag_or_store():
     assert sweep_key("p", base) != sweep_key("q", base)
 
 
-def test_bad_value_in_any_job_names_the_job_and_key():
-    from backprop_lab.sweep.owner import SweepError
+@pytest.mark.parametrize("single, swept", [
+    ("optim.lrr=0.1", "optim.lrr=0.1,0.2"),
+    ("init=hee", "init=he,hee"),
+    ("optim.lr=-1", "optim.lr=0.1,-1"),
+    ("model.width=0", "model.width=4,0"),
+    ("optim.lr=abc", "optim.lr=0.1,abc"),
+])
+def test_a_bad_sweep_gets_the_single_runs_line(single, swept):
+    """One error path: the sweep's first bad job raises exactly the ConfigError a single run
+    with that job's value raises (Hydra's composition errors included, with a suggestion)."""
+    from backprop_lab.config.overrides import check_overrides
+    from backprop_lab.config.schema import ConfigError, validate
 
-    with pytest.raises(SweepError, match=r"job 2 \(optim\.lr=-1 model\.width=2\): .*optim\.lr=-1: must be > 0"):
-        compose_sweep("optim.lr=0.1,-1", "model.width=2,4")
+    with pytest.raises(ConfigError) as in_sweep:
+        compose_sweep("train.epochs=5", swept)
+    try:
+        check_overrides(str(CONF), ["train.epochs=5", single])
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            from hydra import compose
+
+            validate(compose("config", overrides=["train.epochs=5", single]))
+    except ConfigError as exc:
+        alone = str(exc)
+    else:
+        pytest.fail(f"{single} passed as a single run")
+    assert str(in_sweep.value) == alone and "\n" not in alone
+    if single in ("optim.lrr=0.1", "init=hee"):
+        assert re.search(r"did you mean (optim\.lr|he)\?", alone), alone
+
+
+# --------------------------------------------------------------------------- in-process multirun
+
+
+def test_parent_reaches_jobs_through_config_and_summary_comes_from_return_values(tmp_path, capsys):
+    """A real Hydra multirun with the project's sweeper and the basic launcher, in-process; the
+    task function returns made-up accuracies that exist nowhere else: the parent's summary can
+    only have come from the return values. Each job read its parent from its own config."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from backprop_lab.tracking.run import RunSummary
+
+    seen = []
+
+    def task(cfg):
+        seen.append(dict(cfg.sweep))
+        k = len(seen)
+        return RunSummary("finished", cfg.sweep.run_name, run_id=f"made-up-{k}", test_acc=0.5 + k / 100,
+                          test_loss=1.0 / k, values={"lr": cfg.optim.lr, "width": cfg.model.width},
+                          seed=cfg.seed)
+
+    overrides = ["optim.lr=0.1,0.2", "model.width=2,3", "train.epochs=5", *store_args(tmp_path)]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        GlobalHydra.instance().hydra.multirun("config", task, overrides)
+    out = capsys.readouterr().out
+
+    client = client_for(tmp_path)
+    [parent] = runs_of(client, "backprop-lab/train", "tags.`bpl.role` = 'parent'")
+    assert parent.info.status == "FINISHED"
+    assert [s["parent_run_id"] for s in seen] == [parent.info.run_id] * 4
+    assert [(s["job"], s["n_jobs"]) for s in seen] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert [s["run_name"] for s in seen] == ["lr=0.1 width=2 epochs=5", "lr=0.1 width=3 epochs=5",
+                                             "lr=0.2 width=2 epochs=5", "lr=0.2 width=3 epochs=5"]
+    # The best made-up job is the 4th (0.54): in the metrics, the tag, the note and the terminal.
+    assert parent.data.metrics["sweep/best_test_acc"] == 0.54
+    assert parent.data.tags["bpl.best_child_run_id"] == "made-up-4"
+    assert "made-up-4" in parent.data.tags["mlflow.note.content"]
+    assert "best: lr=0.2 width=3, test acc 0.540" in out
+    assert "sweep custom: 4 jobs: 4 finished, 0 diverged, 0 failed, 0 skipped" in out
+    import pandas as pd
+
+    table = pd.read_csv(client.download_artifacts(parent.info.run_id, "sweep/children.csv", str(tmp_path)))
+    assert list(table["run_id"]) == [f"made-up-{k}" for k in range(1, 5)]
+    assert list(table["test_acc"]) == [0.51, 0.52, 0.53, 0.54]
+    columns = {"lr", "width", "seed", "status", "test_acc", "test_loss", "run_id", "run_name"}
+    assert columns <= set(table.columns)
+    # No store lookups left: no sweep dir tag anywhere.
+    assert "bpl.sweep_dir" not in parent.data.tags
+
+
+# --------------------------------------------------------------------------- the session's tiny sweep
+
+
+@pytest.mark.slow
+def test_tiny_sweep_one_parent_every_child_linked_through_its_config(tiny_sweep):
+    assert tiny_sweep.returncode == 0, tiny_sweep.stderr[-2000:]
+    assert tiny_sweep.stderr == ""
+    [parent] = tiny_sweep.runs("tags.`bpl.role` = 'parent'")
+    children = tiny_sweep.runs("tags.`bpl.role` = 'child'")
+    assert parent.info.status == "FINISHED" and len(children) == 8
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert sorted(c.data.tags["bpl.status"] for c in children) == ["diverged"] * 4 + ["finished"] * 4
+    # The id travelled in each job's own config (Hydra records a job's overrides in its folder)...
+    for n in range(8):
+        recorded = (tiny_sweep.root / "multirun" / str(n) / ".hydra" / "overrides.yaml").read_text()
+        assert f"++sweep.parent_run_id='{parent.info.run_id}'" in recorded
+    # ... and is not a param of the run (nor part of its identity).
+    assert not any(k.startswith("sweep.") and k != "sweep.preset" for c in children for k in c.data.params)
+    names = [c.info.run_name for c in children]
+    assert len(set(names)) == 8 and all(n.endswith("epochs=30 seed=0") or n.endswith("epochs=30 seed=1")
+                                        for n in names), names
+    tags = parent.data.tags
+    assert tags["bpl.preset"] == "default" and len(tags["bpl.sweep_key"]) == 64
+    assert "bpl.sweep_dir" not in tags
+    assert parent.data.metrics["sweep/n_finished"] == 4 and parent.data.metrics["sweep/n_diverged"] == 4
+    finished = [c for c in children if c.data.tags["bpl.status"] == "finished"]
+    best = max(finished, key=lambda c: c.data.metrics["final/test_acc"])
+    assert tags["bpl.best_child_run_id"] in {c.info.run_id for c in finished}
+    assert parent.data.metrics["sweep/best_test_acc"] <= best.data.metrics["final/test_acc"]
+    client = tiny_sweep.client()
+    files = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
+    assert {"sweep/children.csv", "sweep/summary.png"} <= files
+
+
+@pytest.mark.slow
+def test_tiny_sweep_terminal_one_line_per_run_then_a_compact_summary(tiny_sweep):
+    lines = tiny_sweep.stdout.splitlines()
+    run_lines = [ln for ln in lines if re.match(r"\[\d/8\] ", ln)]
+    assert [ln[:5] for ln in run_lines] == [f"[{k}/8]" for k in range(1, 9)]
+    assert all(re.search(r"~\d+:\d\d left$", ln) for ln in run_lines), run_lines
+    assert lines[0].startswith("sweep default: 8 jobs, 0 already finished -> will be skipped; new parent")
+    end = lines.index(next(ln for ln in lines if ln.startswith("sweep default: 8 jobs: ")))
+    assert "4 finished, 4 diverged, 0 failed, 0 skipped" in lines[end]
+    summary = lines[end + 1:]
+    assert len(summary) <= 15, summary  # compact: no row per run again
+    assert any(" +- " in ln and "(n=2)" in ln for ln in summary)
+    assert any(ln.startswith("best: ") for ln in summary)
+
+
+@pytest.mark.slow
+def test_rerun_that_skips_everything_says_so_in_one_line_and_dry_run_writes_nothing(tiny_sweep):
+    db = tiny_sweep.root / "mlflow.db"
+    digest = hashlib.sha256(db.read_bytes()).hexdigest()
+    dry = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), *tiny_sweep.args,
+                          "hydra.sweeper.dry_run=true"], cwd=tiny_sweep.root, env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.count("skip (FINISHED as run ") == 8
+    assert dry.stdout.splitlines()[-1] == ("sweep default (dry run): 8 jobs, 8 would be skipped, "
+                                           "0 would run; nothing was written")
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
+
+    again = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), *tiny_sweep.args],
+                           cwd=tiny_sweep.root, env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stderr == ""
+    [line] = again.stdout.splitlines()
+    assert line.startswith("sweep default: all 8 jobs already finished (parent run ")
+    assert len(tiny_sweep.runs()) == 9
 
 
 # --------------------------------------------------------------------------- real command lines
 
 
-@pytest.mark.parametrize("bad, expected", [
-    ("model.width=4,0", "model.width=0: must be >= 1"),
-    ("optim.lr=0.1,abc", "optim.lr=abc: must be a number"),
-    ("optim.lrr=0.1,0.2", "optim.lrr"),
-    ("init=he,nope", "init"),
-])
-def test_other_bad_values_are_caught_before_the_first_job(bad, expected):
-    from backprop_lab.sweep.owner import SweepError
-
-    with pytest.raises(SweepError) as info:
-        compose_sweep("train.epochs=5", bad)
-    assert expected in str(info.value) and "\n" not in str(info.value)
+@pytest.mark.slow
+def test_dry_run_on_a_new_store_lists_jobs_and_creates_nothing(tmp_path):
+    result = run_sweep(tmp_path, "+sweep=seeds", "seed=range(0,3)", "hydra.sweeper.dry_run=true")
+    assert result.returncode == 0, result.stderr
+    listed = [ln for ln in result.stdout.splitlines() if ln.startswith("[")]
+    assert len(listed) == 9 and all(" run  | " in ln for ln in listed)
+    assert re.search(r"key [0-9a-f]{12}", listed[0]) and "seed=2" in listed[-1]
+    assert list(tmp_path.iterdir()) == [], "a dry run wrote files"
 
 
 @pytest.mark.slow
-def test_bad_sweep_value_one_line_nonzero_nothing_written(tmp_path):
-    result = run_sweep(tmp_path, "+sweep=default", "optim.lr=0.1,-1", "seed=0")
+def test_misspelt_key_in_a_sweep_one_line_exit_2_nothing_written(tmp_path):
+    result = run_sweep(tmp_path, "+sweep=default", "optim.lrr=0.1,0.2")
     assert result.returncode == 2, result.stderr
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, lines
-    assert lines[0] == ("sweep: job 4 (init=he optim.lr=-1 model.width=2): "
-                        "invalid config: optim.lr=-1: must be > 0")
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "multirun").exists()
-    assert not (tmp_path / "art").exists()
+    assert result.stderr.splitlines() == [
+        "invalid config: optim.lrr=0.1: unknown key (did you mean optim.lr?); valid keys here: name, lr "
+        "(to add a new key use +optim.lrr=...)"]
+    assert result.stdout == "" and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
-def test_unknown_preset_nonzero_names_valid_presets_nothing_written(tmp_path):
-    result = run_sweep(tmp_path, "+sweep=nope")
-    assert result.returncode != 0
-    # Hydra's own message today ("Could not find 'sweep/nope'" + options); one line once
-    # scripts/train.py pre-checks the preset as it does single-run overrides.
-    assert "nope" in result.stderr and all(p in result.stderr for p in PRESETS)
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "multirun").exists()
-
-
-@pytest.mark.slow
-def test_four_job_sweep_one_parent_four_children_summary(tmp_path):
-    result = run_sweep(tmp_path, "+sweep=default", "init=he,xavier", "optim.lr=0.1,1.0",
-                       "model.width=3", "seed=0", "train.epochs=15")
-    assert result.returncode == 0, result.stderr[-2000:]
-    header = [ln for ln in result.stdout.splitlines() if ln.startswith("sweep default: 4 jobs, 0 already")]
-    assert header and "new parent" in header[0] and "mlflow.db" in header[0]
-    assert "sweep default: 4 jobs: 4 finished, 0 diverged, 0 failed, 0 skipped; best " in result.stdout
-
+def test_two_sweeps_on_one_store_at_once_one_is_refused(tmp_path):
+    """Two real processes start the same sweep on one fresh SQLite store together: one runs it,
+    the other is refused with one line (exit 2); no duplicate, no run without its parent."""
+    args = ["--multirun", "+sweep=default", "init=he", "seed=0", "optim.lr=0.1,1.0", "model.width=4,8",
+            "train.epochs=400"]
+    procs = [subprocess.Popen(train_command(tmp_path, *args), cwd=tmp_path, env=ENV, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    done = [(p.wait(timeout=600), *p.communicate()) for p in procs]
+    codes = sorted(code for code, _, _ in done)
+    assert codes == [0, 2], done
+    refused = next(err for code, _, err in done if code == 2)
+    assert len(refused.splitlines()) == 1 and "another sweep is writing into experiment" in refused
     client = client_for(tmp_path)
-    parents = runs_of(client, "backprop-lab/default", "tags.`bpl.role` = 'parent'")
-    assert len(parents) == 1
-    parent = parents[0]
-    assert parent.info.status == "FINISHED"
-    assert parent.info.run_name.startswith("sweep:default ")
-    tags = parent.data.tags
-    assert tags["bpl.preset"] == "default" and tags["bpl.sweep_dir"] == str(tmp_path / "multirun")
-    assert "4 jobs" in tags["mlflow.note.content"] and len(tags["bpl.sweep_key"]) == 64
-    assert parent.data.metrics["sweep/n_finished"] == 4 and parent.data.metrics["sweep/n_failed"] == 0
+    [parent] = runs_of(client, "backprop-lab/default", "tags.`bpl.role` = 'parent'")
+    children = runs_of(client, "backprop-lab/default", "tags.`bpl.role` = 'child'")
+    assert len(children) == 4 and len({c.data.tags["bpl.config_key"] for c in children}) == 4
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
 
-    children = runs_of(client, "backprop-lab/default",
-                       f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    got = sorted((c.data.params["init.name"], c.data.params["optim.lr"], c.data.params["model.width"])
-                 for c in children)
-    assert got == sorted((i, lr, "3") for i in ("he", "xavier") for lr in ("0.1", "1.0"))
-    assert {c.info.status for c in children} == {"FINISHED"}
-    assert {c.data.tags["bpl.role"] for c in children} == {"child"}
-    best = max(children, key=lambda c: c.data.metrics["final/test_acc"])
-    assert parent.data.metrics["sweep/best_test_acc"] == best.data.metrics["final/test_acc"]
-    assert tags["bpl.best_child_run_id"] in {c.info.run_id for c in children}
 
-    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
-    assert artifacts == {"sweep/children.csv", "sweep/heatmap_he.png", "sweep/heatmap_xavier.png"}
-    import pandas as pd
+def test_the_lease_lets_one_holder_in_at_a_time(tmp_path):
+    """The tracking-server lock (an experiment tag with a heartbeat), on a real MLflow client:
+    a second holder is refused while the first holds it, and two racing takers get one lease."""
+    import threading
 
-    table = pd.read_csv(client.download_artifacts(parent.info.run_id, "sweep/children.csv", str(tmp_path)))
-    assert len(table) == 4 and set(table["status"]) == {"finished"}
-    assert set(table["run_id"]) == {c.info.run_id for c in children}
-    assert {"init", "optim.lr", "final/test_acc", "gradcheck_max_rel_err", "seconds"} <= set(table.columns)
+    from backprop_lab.sweep import lock
+    from backprop_lab.tracking import client as tracking
+
+    client = tracking.prepare_store(f"sqlite:///{tmp_path / 'm.db'}", str(tmp_path / "art"))
+    exp_id = tracking.ensure_experiment(client, "leased", str(tmp_path / "art"))
+    with lock._lease(client, exp_id, "leased"):
+        assert client.get_experiment(exp_id).tags[lock.LEASE_TAG]
+        with pytest.raises(lock.SweepBusy, match="another sweep is writing into experiment 'leased'"):
+            with lock._lease(client, exp_id, "leased"):
+                pass
+    assert lock.LEASE_TAG not in client.get_experiment(exp_id).tags
+
+    outcomes = []
+
+    def take() -> None:
+        try:
+            with lock._lease(client, exp_id, "leased"):
+                outcomes.append("held")
+                barrier.wait(timeout=10)
+        except lock.SweepBusy:
+            outcomes.append("refused")
+            barrier.wait(timeout=10)
+
+    barrier = threading.Barrier(2)
+    threads = [threading.Thread(target=take) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["held", "refused"]
 
 
 @pytest.mark.slow
-def test_seeds_preset_prints_mean_and_std_per_setting(tmp_path):
-    result = run_sweep(tmp_path, "+sweep=seeds", "model.width=2,4", "seed=0,1,2", "train.epochs=5")
-    assert result.returncode == 0, result.stderr[-2000:]
-    for width in (2, 4):
-        line = next(ln for ln in result.stdout.splitlines() if ln.startswith(f"  model.width={width}:"))
-        assert " +- " in line and line.endswith("over 3 seeds"), line
+@pytest.mark.parametrize("launcher", [(), ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")],
+                         ids=["basic", "joblib2"])
+def test_ctrl_c_ends_in_one_line_parent_killed_no_child_running(tmp_path, launcher):
+    import signal
+    import sqlite3
+    import time
+
+    args = ["--multirun", "init=he", "optim.lr=0.05,0.1,0.2", "model.width=16,24", "train.epochs=20000",
+            *launcher]
+    proc = subprocess.Popen(train_command(tmp_path, *args), cwd=tmp_path, env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    db = tmp_path / "mlflow.db"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+                    running = conn.execute(
+                        "SELECT count(*) FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid WHERE "
+                        "t.key = 'bpl.role' AND t.value = 'child' AND r.status = 'RUNNING'").fetchone()[0]
+            except sqlite3.Error:
+                continue
+            if running:
+                break
+        else:
+            pytest.fail("no job started")
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    assert err.splitlines() == ["interrupted: run the same command to resume"], err[-3000:]
     client = client_for(tmp_path)
-    parent = runs_of(client, "backprop-lab/seeds", "tags.`bpl.role` = 'parent'")[0]
-    assert parent.data.tags["bpl.preset"] == "seeds"
-    # Seeds are averaged in the heatmap cells: one figure, for the preset's one init scheme.
-    assert {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")} == {
-        "sweep/children.csv", "sweep/heatmap_he.png"}
+    [parent] = runs_of(client, "backprop-lab/train", "tags.`bpl.role` = 'parent'")
+    assert parent.info.status == "KILLED"
+    statuses = [c.info.status for c in runs_of(client, "backprop-lab/train", "tags.`bpl.role` = 'child'")]
+    assert statuses and "RUNNING" not in statuses and "KILLED" in statuses

@@ -143,16 +143,9 @@ def test_params_over_100_go_in_chunks(store):
     assert len(params) == 251 and params["p.249"] == "249" and len(params["long"]) == 6000
 
 
-def test_find_parent_and_finished_runs(store, tmp_path):
+def test_find_finished_runs(store, tmp_path):
     client, _, art = store
     exp_id = tracking.ensure_experiment(client, "find", art)
-    sweep_dir = str(tmp_path / "multirun" / "x")
-    parent = client.create_run(exp_id, tags={"bpl.role": "parent",
-                                             "bpl.sweep_dir": tracking.normalize_sweep_dir(sweep_dir)})
-    client.create_run(exp_id, tags={"bpl.role": "parent", "bpl.sweep_dir": "/elsewhere"})
-    assert tracking.find_parent_run(client, exp_id, sweep_dir).info.run_id == parent.info.run_id
-    assert tracking.find_parent_run(client, exp_id, str(tmp_path / "other")) is None
-
     running = client.create_run(exp_id, tags={"bpl.config_key": "k1", "bpl.role": "child"})
     assert tracking.find_finished_run(client, exp_id, "k1") is None  # RUNNING does not count
     client.set_terminated(running.info.run_id, "FINISHED")

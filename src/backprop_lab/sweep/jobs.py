@@ -1,5 +1,9 @@
 """A sweep's jobs: expanded as Hydra's BasicSweeper does, each composed and validated up front.
 
+`plan_jobs(config, arguments, loader)` is what the sweeper (backprop_lab.sweep.owner) calls in the
+driver before anything is written: the list of `Job`s, or a one-line error (the same
+`ConfigError` line a single run gives for the same bad key, option or value).
+
 `compose_jobs` gives every job the config the launcher will compose for it, without composing
 each one from scratch: a Hydra composition (defaults list, config files, schema merges) costs
 ~0.1 s, and the jobs of a sweep differ mostly in plain values (`optim.lr=0.1`). So the jobs are
@@ -10,10 +14,7 @@ Hydra's own `_apply_overrides_to_config`, exactly as `load_sweep_config` applies
 `defaults_list.config_overrides` after composing. The split mirrors Hydra's own rule
 (hydra/_internal/defaults_list.py `Overrides.__init__`: an override is a config override if its
 value is a dict or its key is not a config group). Whenever the short cut fails or is unsure, the
-job is composed in full, so errors (misspelt keys, bad group options) are Hydra's own messages.
-
-Each job validated here is recorded (`was_validated`): the project's sweeper
-(hydra_plugins.backprop_lab_sweeper) then skips Hydra's second up-front composition of it.
+job is composed in full, so errors (misspelt keys, bad group options) are Hydra's own.
 """
 
 from __future__ import annotations
@@ -21,67 +22,87 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from backprop_lab.config import names
 from backprop_lab.config import schema as bpl_config
-from backprop_lab.sweep.report import Job, task_overrides
+from backprop_lab.config.overrides import explain
 
 # Override keys that change how a sweep runs, not what it computes: not part of its identity.
 NOT_IDENTITY = ("force=", "tracking.", "hydra.")
 
-_BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-# Jobs composed and validated in this process: (config name, hydra overrides, job overrides).
-_VALIDATED: set[tuple[Any, tuple[str, ...], tuple[str, ...]]] = set()
-
 
 class SweepError(Exception):
-    """A problem the user can fix; printed as one line before the sweep exits."""
+    """A problem with the sweep as a whole the user can fix; printed as one line, exit 2."""
+
+
+@dataclass
+class Job:
+    """One job of the sweep: its overrides (as Hydra passes them) and its validated config."""
+
+    overrides: list[str]
+    run_config: Any  # backprop_lab.config.schema.RunConfig
+    config_key: str
+    name: str = ""  # names.run_name(overrides): what differs from the preset's base config
+    values: dict[str, Any] = field(default_factory=dict)  # label -> typed value of each named key
 
 
 def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def expand_jobs(config: DictConfig) -> list[list[str]]:
+def task_overrides(overrides: list[str]) -> list[str]:
+    """The job's overrides minus the preset selection itself (`+sweep=<name>`)."""
+    return [o for o in overrides if not o.lstrip("+~").startswith("sweep=")]
+
+
+def plan_jobs(config: DictConfig, arguments: list[str], loader: Any, params: dict | None = None) -> list[Job]:
+    """Expand, compose and validate every job; raise ConfigError (one line) or SweepError."""
+    jobs = compose_jobs(config, expand_jobs(config, arguments, loader, params), loader)
+    if not jobs:
+        raise SweepError("the sweep has no jobs")
+    experiments = sorted({job.run_config.experiment_name for job in jobs})
+    if len(experiments) > 1:
+        raise SweepError(f"experiment_name: one sweep logs to one experiment, got {', '.join(experiments)}")
+    return jobs
+
+
+def expand_jobs(config: DictConfig, arguments: list[str] | None = None, loader: Any = None,
+                params: dict | None = None) -> list[list[str]]:
     """The job overrides exactly as Hydra's BasicSweeper builds them: hydra.sweeper.params, then
     the command line's task overrides (a later key wins), crossed in key order."""
-    sweeper = config.hydra.sweeper
-    target = str(sweeper.get("_target_", ""))
-    if not _is_basic_sweeper(target):
-        raise SweepError(f"hydra.sweeper={target}: only Hydra's basic sweeper (or a subclass) is supported")
-    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-    arguments = params + list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
-    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    if params is None:
+        params = config.hydra.sweeper.get("params")
+        params = OmegaConf.to_container(params, resolve=False) if params else {}
+    if arguments is None:
+        arguments = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
+    lines = [f"{k}={v}" for k, v in (params or {}).items()] + list(arguments)
+    parser = OverridesParser.create(config_loader=loader or _loader())
     try:
-        batches = BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)
-    except Exception as exc:  # noqa: BLE001 - Hydra's parser errors span several lines
-        raise SweepError(f"overrides: {one_line(exc)}") from None
+        batches = BasicSweeper.split_arguments(parser.parse_overrides(lines), None)
+    except Exception as exc:  # Hydra's parser errors span several lines
+        raise explain(exc, lines, lambda some: None, lambda group: []) from None
     return [list(job) for batch in batches for job in batch]
 
 
-def _is_basic_sweeper(target: str) -> bool:
-    try:
-        mro = get_class(target).__mro__
-    except Exception:  # noqa: BLE001 - not an importable class: not a BasicSweeper
-        return False
-    # By name: Hydra's plugin scan re-executes the plugin modules, so the class object this module
-    # imported may not be the one a freshly scanned subclass derives from.
-    return any(f"{c.__module__}.{c.__qualname__}" == _BASIC_SWEEPER for c in mro)
+def _loader() -> Any:
+    from hydra.core.global_hydra import GlobalHydra
+
+    return GlobalHydra.instance().config_loader()
 
 
-def compose_jobs(config: DictConfig, job_overrides: list[list[str]]) -> list[Job]:
+def compose_jobs(config: DictConfig, job_overrides: list[list[str]], loader: Any = None) -> list[Job]:
     """Compose every job's config as the launchers will (same loader, same resolver cache) and
-    validate it; the first bad job raises SweepError naming the job and the key."""
-    composer = JobComposer(config)
+    validate it; the first bad job raises the ConfigError a single run would give."""
+    composer = JobComposer(config, loader)
     hydra_config = HydraConfig.instance()
     previous = hydra_config.cfg
     jobs = []
@@ -89,28 +110,33 @@ def compose_jobs(config: DictConfig, job_overrides: list[list[str]]) -> list[Job
         for index, overrides in enumerate(job_overrides):
             try:
                 job_cfg = composer.compose(list(overrides))
-                with open_dict(job_cfg):  # what the launchers set before run_job
-                    job_cfg.hydra.job.num = index
-                    job_cfg.hydra.job.id = f"{job_cfg.hydra.job.name}_{index}"
-                hydra_config.set_config(job_cfg)  # ${hydra:...} resolves as inside the job
-                task_cfg = copy.deepcopy(job_cfg)  # what the task function gets: no hydra node
-                with read_write(task_cfg), open_dict(task_cfg):
-                    del task_cfg["hydra"]
-                run_config = bpl_config.validate(task_cfg)
-            except Exception as exc:  # noqa: BLE001 - ConfigError, or Hydra's composition errors
-                where = " ".join(o for o in task_overrides(overrides)
-                                 if not o.lstrip("+~").startswith(NOT_IDENTITY)) or "defaults"
-                raise SweepError(f"job {index} ({where}): {one_line(exc)}") from None
-            jobs.append(Job(list(overrides), run_config, bpl_config.config_key(run_config)))
-            _VALIDATED.add(_registry_key(config, overrides))
+            except Exception as exc:  # Hydra's composition errors: the single run's one line
+                raise explain(exc, list(overrides), composer.compose,
+                              composer.loader.get_group_options) from None
+            with open_dict(job_cfg):  # what the launchers set before run_job
+                job_cfg.hydra.job.num = index
+                job_cfg.hydra.job.id = f"{job_cfg.hydra.job.name}_{index}"
+            hydra_config.set_config(job_cfg)  # ${hydra:...} resolves as inside the job
+            task_cfg = copy.deepcopy(job_cfg)  # what the task function gets: no hydra node
+            with read_write(task_cfg), open_dict(task_cfg):
+                del task_cfg["hydra"]
+            run_config = bpl_config.validate(task_cfg)  # ConfigError: one line
+            jobs.append(Job(list(overrides), run_config, bpl_config.config_key(run_config),
+                            names.run_name(overrides),
+                            names.named_values(overrides, run_config.model_dump(mode="json"))))
     finally:
         hydra_config.cfg = previous
     return jobs
 
 
-def was_validated(config: DictConfig, overrides: list[str]) -> bool:
-    """True if compose_jobs composed and validated this job of this sweep in this process."""
-    return _registry_key(config, overrides) in _VALIDATED
+def swept_labels(jobs: list[Job]) -> list[str]:
+    """Labels of the named keys whose values vary across the jobs, in the names' order."""
+    seen: dict[str, set] = {}
+    for job in jobs:
+        for label, value in job.values.items():
+            seen.setdefault(label, set()).add(json.dumps(value, sort_keys=True))
+    varying = [label for label, values in seen.items() if len(values) > 1 or len(jobs) == 1]
+    return sorted(varying, key=names.order)
 
 
 def sweep_key(preset: str, jobs: list[Job]) -> str:
@@ -124,11 +150,6 @@ def sweep_key(preset: str, jobs: list[Job]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _registry_key(config: DictConfig, overrides: list[str]) -> tuple[Any, tuple[str, ...], tuple[str, ...]]:
-    # Everything load_sweep_config composes a job from (besides the config files themselves).
-    return (config.hydra.job.config_name, tuple(config.hydra.overrides.hydra), tuple(overrides))
-
-
 # --------------------------------------------------------------------------- fast composition
 
 
@@ -136,9 +157,9 @@ class JobComposer:
     """`compose(overrides)` == `loader.load_sweep_config(config, overrides)`, composing Hydra's
     defaults list once per distinct set of defaults-list overrides (see the module docstring)."""
 
-    def __init__(self, config: DictConfig) -> None:
+    def __init__(self, config: DictConfig, loader: Any = None) -> None:
         self.config = config
-        self.loader = GlobalHydra.instance().config_loader()
+        self.loader = loader or _loader()
         self.parser = OverridesParser.create()  # as load_configuration parses
         self.bases: dict[tuple[str, ...], DictConfig] = {}
         self.repo = None  # the config repository Hydra classifies overrides with
@@ -147,13 +168,13 @@ class JobComposer:
             try:
                 _, self.repo = self.loader._parse_overrides_and_create_caching_repo(
                     config.hydra.job.config_name, hydra_overrides)
-            except Exception:  # noqa: BLE001 - full composition gives Hydra's own error
+            except Exception:  # full composition gives Hydra's own error
                 self.repo = None
 
     def compose(self, overrides: list[str]) -> DictConfig:
         try:
             fast = self._fast(overrides)
-        except Exception:  # noqa: BLE001 - compose in full: the error (if any) is Hydra's own
+        except Exception:  # compose in full: the error (if any) is Hydra's own
             fast = None
         return fast if fast is not None else self.loader.load_sweep_config(self.config, overrides)
 
@@ -165,13 +186,13 @@ class JobComposer:
         kinds = [self._kind(override) for override in parsed]
         if "unsure" in kinds or "plain" not in kinds:
             return None  # not certain, or nothing to share: compose in full
-        base_lines = tuple(line for line, kind in zip(overrides, kinds) if kind == "base")
-        plain = [override for override, kind in zip(parsed, kinds) if kind == "plain"]
+        base_lines = tuple(line for line, kind in zip(overrides, kinds, strict=True) if kind == "base")
+        plain = [override for override, kind in zip(parsed, kinds, strict=True) if kind == "plain"]
         if base_lines not in self.bases:
             self.bases[base_lines] = self.loader.load_sweep_config(self.config, list(base_lines))
         base = self.bases[base_lines]
         task = [o for o in parsed if not o.is_hydra_override()]
-        base_task = [o.input_line for o, kind in zip(parsed, kinds) if kind == "base"
+        base_task = [o.input_line for o, kind in zip(parsed, kinds, strict=True) if kind == "base"
                      and not o.is_hydra_override()]
         if list(base.hydra.overrides.task) != base_task:
             return None  # something else wrote hydra.overrides.task: not the case this knows

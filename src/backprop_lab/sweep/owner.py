@@ -1,248 +1,372 @@
-"""Hydra callback for multiruns: every job validated up front, one parent run, resume, summary.
+"""The sweep, owned by one object in the driver process: `Sweep(config, launcher, loader).run(arguments)`.
 
-It runs in the driver process only: `on_multirun_start` before the sweeper launches any job,
-`on_multirun_end` after the last one returned. Jobs (experiment.run) find their parent through
-the tag `bpl.sweep_dir` and skip configs already FINISHED in the experiment; this module prepares
-the store, the experiment and the parent, and reads the children back (sweep_report). The jobs
-are expanded, composed and validated by sweep_jobs.
+hydra_plugins.backprop_lab_sweeper (Hydra's sweeper slot) hands its `sweep()` call here. Data flows
+one way: sweeper -> launcher -> job -> return value.
 
-Hydra's `Callbacks` turns an `Exception` raised by a callback into a warning, so errors leave
-through `SystemExit`: one line on stderr, exit code 2 for a bad sweep, 1 when jobs failed.
+1. plan: expand the jobs as Hydra's BasicSweeper does, compose and validate every one
+   (sweep.jobs); a bad key, option or value ends in the single run's one line, exit 2, with
+   nothing written.
+2. open the store, hold the experiment (sweep.lock: a second sweep on it is refused, exit 2),
+   create the parent run or resume the one with the same sweep definition (tag bpl.sweep_key).
+   The store is read only here: to resume and to skip the configs already FINISHED.
+3. launch the jobs that are not skipped with the configured launcher (basic, joblib, Ray,
+   Slurm...), each told its parent, `[k/N]`, start time and run name through `sweep.*` overrides
+   of its own config (tracking.run.SweepJob).
+4. summarise from the returned RunSummary values (sweep.report): the terminal's compact
+   summary, and on the parent its note, summary figure, gallery, children.csv and metrics.
+
+The parent always ends: FINISHED, FAILED (a job failed, or the sweep itself broke) or KILLED
+(Ctrl-C, SIGTERM), and no child of it is left RUNNING. Errors leave through SystemExit with one
+line on stderr: 2 for a bad sweep or a busy experiment, 1 for failed jobs or an unusable store,
+130 for an interrupt.
 """
 
 from __future__ import annotations
 
-import atexit
+import contextlib
+import signal
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from backprop_lab.sweep import report
-from backprop_lab.tracking import client as tracking  # before mlflow: it turns telemetry off
-from backprop_lab.sweep.jobs import SweepError, compose_jobs, expand_jobs, sweep_key
-from backprop_lab.sweep.jobs import one_line as _one_line
-from backprop_lab.sweep.report import Job
-from mlflow.entities import Metric, RunTag, ViewType  # noqa: E402
-
-__all__ = ["SweepCallback", "SweepError", "compose_jobs", "expand_jobs", "sweep_key"]
+from backprop_lab.config.schema import UserError
+from backprop_lab.sweep import jobs as sweep_jobs
+from backprop_lab.sweep import lock, report
+from backprop_lab.sweep.jobs import Job, SweepError
+from backprop_lab.tracking.run import RunSummary, SweepJob
 
 SWEEP_KEY_TAG = "bpl.sweep_key"
+INTERRUPTED = "interrupted: run the same command to resume"
 
 
 @dataclass
-class _State:
+class Store:
     client: Any
+    uri: str
     experiment_id: str
-    parent_id: str
-    jobs: list[Job]
-    preset: str
-    started_ms: int
-    ended: bool = False
 
 
-# --------------------------------------------------------------------------- the callback
+class Sweep:
+    """One multirun: the sweeper's config, launcher and settings, and the sweep's state."""
 
+    def __init__(self, config: DictConfig, launcher: Any, loader: Any, *, params: dict | None = None,
+                 max_batch_size: int | None = None, dry_run: bool = False, out=None) -> None:
+        self.config, self.launcher, self.loader = config, launcher, loader
+        self.params, self.max_batch_size, self.dry_run = params, max_batch_size, dry_run
+        self.out = out or sys.stdout
 
-class SweepCallback(Callback):
-    """Driver-side hooks of a multirun; see the module docstring."""
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
 
-    def __init__(self) -> None:
-        self._state: _State | None = None
+    # ----------------------------------------------------------------------- the whole sweep
 
-    # Launchers that pickle the Hydra context (joblib, ray) ship the callbacks to the workers;
-    # the driver's client and parent stay behind.
-    def __getstate__(self) -> dict:
-        return {}
-
-    def __setstate__(self, state: dict) -> None:
-        self._state = None
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+    def run(self, arguments: list[str]) -> list[RunSummary]:
         try:
-            self._state = _start(config)
+            jobs = sweep_jobs.plan_jobs(self.config, arguments, self.loader, self.params)
         except SweepError as exc:
-            print(f"sweep: {exc}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
-        atexit.register(_end_if_running, self._state)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        state, self._state = self._state, None
-        if state is None:
-            return
+            _exit(f"sweep: {exc}", 2)
+        except UserError as exc:  # ConfigError: the single run's line for the same mistake
+            _exit(str(exc), 2)
+        preset = _preset(self.config, jobs[0].run_config)
+        if self.dry_run:
+            return self.dry(jobs, preset)
+        store = self.open_store(jobs[0].run_config)
         try:
-            failed = _finish(state)
-        except Exception as exc:  # noqa: BLE001 - the store went away: still end the parent
-            print(f"sweep: could not write the summary to the store: {_one_line(exc)}",
-                  file=sys.stderr, flush=True)
-            _end_if_running(state, status="FAILED")
-            raise SystemExit(1) from None
+            with lock.hold(store.client, store.uri, store.experiment_id, jobs[0].run_config.experiment_name):
+                return self.owned(store, jobs, preset)
+        except lock.SweepBusy as exc:
+            _exit(str(exc), 2)
+        except KeyboardInterrupt:  # before the parent existed, or while it was being created
+            _exit(INTERRUPTED, 130)
+
+    def open_store(self, rc: Any) -> Store:
+        from backprop_lab.tracking import client as tracking
+
+        uri, artifact_root = tracking.resolve_tracking(rc)
+        try:
+            # Once, before any worker starts: workers racing to build a fresh SQLite schema crash.
+            client = tracking.prepare_store(uri, artifact_root)
+            experiment_id = tracking.ensure_experiment(client, rc.experiment_name, artifact_root)
+        except UserError as exc:
+            _exit(f"sweep: {exc}", 1)
+        except tracking.MlflowException as exc:
+            _exit(f"sweep: tracking store {uri}: {sweep_jobs.one_line(exc)}", 1)
+        return Store(client, uri, experiment_id)
+
+    def owned(self, store: Store, jobs: list[Job], preset: str) -> list[RunSummary]:
+        """Everything while this sweep holds the experiment: parent, launches, summary."""
+        t0 = time.time()
+        force = any(job.run_config.force for job in jobs)
+        key = sweep_jobs.sweep_key(preset, jobs)
+        parent = None if force else _find_parent(store, key)
+        done = {} if force else _finished_runs(store)
+        todo = [job for job in jobs if job.config_key not in done]
+        name = jobs[0].run_config.experiment_name
+        if not todo and parent is not None and parent.info.status == "FINISHED":
+            self.say(f"sweep {preset}: all {len(jobs)} jobs already finished (parent run "
+                     f"{parent.info.run_id}, experiment {name}); nothing to do (force=true reruns them)")
+            return [_reused(job, done[job.config_key]) for job in jobs]
+        with _terminate_as_interrupt():
+            if parent is None:
+                parent_id, killed = _create_parent(store, preset, key, jobs), 0
+            else:  # resume: same definition, same parent
+                parent_id = parent.info.run_id
+                store.client.update_run(parent_id, status="RUNNING")
+                killed = _end_running_children(store, parent_id)
+            try:
+                how = f"resumed parent {parent_id}" if parent is not None else f"new parent {parent_id}"
+                if killed:
+                    how += f", {killed} run(s) left RUNNING by a crash marked KILLED"
+                self.say(f"sweep {preset}: {len(jobs)} jobs, {len(jobs) - len(todo)} already finished -> "
+                         f"will be skipped{' (force=true: none)' if force else ''}; {how}; "
+                         f"experiment {name}; store {store.uri}")
+                returned = self.launch(todo, parent_id)
+                rows = [returned[id(job)] if id(job) in returned else _reused(job, done[job.config_key])
+                        for job in jobs]
+                failed = self.finish(store, parent_id, preset, jobs, rows, time.time() - t0)
+            except KeyboardInterrupt:
+                _quietly_end(store, parent_id, "KILLED")
+                _exit(INTERRUPTED, 130)
+            except BaseException as exc:
+                _quietly_end(store, parent_id, "FAILED")
+                if isinstance(exc, SystemExit):
+                    raise
+                _exit(f"sweep: stopped, parent run {parent_id} ended FAILED: "
+                      f"{type(exc).__name__}: {sweep_jobs.one_line(exc)}", 1)
         if failed:
             shown = "; ".join(failed[:10]) + (f"; and {len(failed) - 10} more" if len(failed) > 10 else "")
-            print(f"sweep: {len(failed)} job(s) failed: {shown} "
-                  "(traceback: artifact error/traceback.txt of each run)", file=sys.stderr, flush=True)
-            raise SystemExit(1)
+            _exit(f"sweep: {len(failed)} job(s) failed: {shown} "
+                  "(traceback: artifact error/traceback.txt of each run)", 1)
+        return rows
+
+    # ----------------------------------------------------------------------- launch
+
+    def launch(self, todo: list[Job], parent_id: str) -> dict[int, RunSummary]:
+        """Run the jobs with the configured launcher; id(job) -> the RunSummary it returned."""
+        started = time.time()
+        self.write_multirun_yaml()
+        size = self.max_batch_size or len(todo) or 1
+        returned: dict[int, RunSummary] = {}
+        for start in range(0, len(todo), size):
+            batch = todo[start:start + size]
+            overrides = [
+                [*job.overrides, *SweepJob(parent_id, job.name, start + k, len(todo), started).overrides()]
+                for k, job in enumerate(batch, 1)]
+            results = self.launcher.launch(overrides, initial_job_idx=start)
+            for job, result in zip(batch, results, strict=True):
+                returned[id(job)] = _summary_of(job, result)
+        return returned
+
+    def write_multirun_yaml(self) -> None:
+        """What BasicSweeper writes: the sweep's config in the sweep dir (not in a dry run)."""
+        from pathlib import Path
+
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+
+    # ----------------------------------------------------------------------- the end
+
+    def finish(self, store: Store, parent_id: str, preset: str, jobs: list[Job], rows: list[RunSummary],
+               seconds: float) -> list[str]:
+        """Terminal summary and the parent's note, figures, children.csv, metrics; end the parent."""
+        from mlflow.entities import Metric, RunTag
+
+        from backprop_lab.analysis import summary
+
+        keys = sweep_jobs.swept_labels(jobs)
+        per = summary.preset_per(jobs[0].run_config.sweep)
+        rep = report.Report(report.frame(jobs, rows, keys), keys, per, f"sweep {preset}")
+        counts = {s: sum(r.status == s for r in rows) for s in report.STATUSES}
+        self.say(f"sweep {preset}: {len(rows)} jobs: {', '.join(f'{n} {s}' for s, n in counts.items())}"
+                 f" ({seconds:.0f} s)")
+        self.say(rep.text())
+        best = rep.best()
+
+        client = store.client
+        client.log_text(parent_id, rep.children_csv(), "sweep/children.csv")
+        for name, figure in (("summary", rep.summary_figure()), ("gallery", rep.gallery_figure(rows))):
+            if figure is not None:
+                client.log_figure(parent_id, figure, f"sweep/{name}.png")
+        now = int(time.time() * 1000)
+        metrics = {f"sweep/n_{s}": float(n) for s, n in counts.items()}
+        metrics["sweep/n_jobs"] = float(len(rows))
+        tags = {"mlflow.note.content": rep.note(store.experiment_id)}
+        if best is not None:
+            metrics["sweep/best_test_acc"] = rep.best_run_acc(best)
+            metrics["sweep/best_mean_test_acc"] = float(best["mean"])
+            tags["bpl.best_child_run_id"] = str(best["best_run_id"])
+        client.log_batch(parent_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+                         tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)
+        failed = [r for r in rows if r.status == "failed"]
+        client.set_terminated(parent_id, status="FAILED" if failed else "FINISHED")
+        return [f"{r.run_name} (run {r.run_id or 'never created'})" for r in failed]
+
+    # ----------------------------------------------------------------------- dry run
+
+    def dry(self, jobs: list[Job], preset: str) -> list[RunSummary]:
+        """List the jobs and whether each would be skipped; write nothing (no store, no folder)."""
+        done = _finished_runs_read_only(jobs[0].run_config)
+        width = len(str(len(jobs)))
+        name_width = max(len(job.name) for job in jobs)
+        n_skip = 0
+        for k, job in enumerate(jobs, 1):
+            previous = done.get(job.config_key)
+            n_skip += previous is not None
+            what = f"skip (FINISHED as run {previous})" if previous else "run"
+            self.say(f"[{k:>{width}}/{len(jobs)}] {job.name:<{name_width}}  key {job.config_key[:12]}  {what}"
+                     f"  | {' '.join(sweep_jobs.task_overrides(job.overrides)) or 'defaults'}")
+        self.say(f"sweep {preset} (dry run): {len(jobs)} jobs, {n_skip} would be skipped, "
+                 f"{len(jobs) - n_skip} would run; nothing was written")
+        return []
 
 
-# --------------------------------------------------------------------------- start
+# --------------------------------------------------------------------------- helpers
 
 
-def _start(config: DictConfig) -> _State:
-    jobs = compose_jobs(config, expand_jobs(config))  # raises before anything is written
-    if not jobs:
-        raise SweepError("the sweep has no jobs")
-    first = jobs[0].run_config
-    names = sorted({job.run_config.experiment_name for job in jobs})
-    if len(names) > 1:
-        raise SweepError(f"experiment_name: one sweep logs to one experiment, got {', '.join(names)}")
-    preset = _preset(config, first)
-    force = any(job.run_config.force for job in jobs)
-    sweep_dir = tracking.normalize_sweep_dir(str(config.hydra.sweep.dir))
-
-    client, uri, experiment_id = _open_store(first)
-    key = sweep_key(preset, jobs)
-    started_ms = int(time.time() * 1000)
-    parent = None if force else _find_parent(client, experiment_id, key)
-    if parent is None:
-        parent_id = _create_parent(client, experiment_id, preset, key, sweep_dir, jobs)
-        killed = 0
-    else:  # resume: same definition, so the same parent; its jobs now write to the new dir
-        parent_id = parent.info.run_id
-        client.update_run(parent_id, status="RUNNING")
-        client.set_tag(parent_id, "bpl.sweep_dir", sweep_dir)
-        killed = _kill_stale_children(client, experiment_id, parent_id)
-    _release_sweep_dir(client, experiment_id, parent_id, sweep_dir)
-
-    done = set() if force else _finished_keys(client, experiment_id)
-    n_skip = sum(job.config_key in done for job in jobs)
-    how = f"resumed parent {parent_id}" if parent is not None else f"new parent {parent_id}"
-    if killed:
-        how += f", {killed} run(s) left RUNNING by a crash marked KILLED"
-    print(f"sweep {preset}: {len(jobs)} jobs, {n_skip} already finished -> will be skipped"
-          f"{' (force=true: none)' if force else ''}; {how}; experiment {names[0]}; store {uri}",
-          flush=True)
-    return _State(client, experiment_id, parent_id, jobs, preset, started_ms)
+def _exit(line: str, code: int):
+    print(line, file=sys.stderr, flush=True)
+    raise SystemExit(code)
 
 
 def _preset(config: DictConfig, run_config: Any) -> str:
     preset = (run_config.sweep or {}).get("preset")
     if preset:
         return str(preset)
-    for override in config.hydra.overrides.task:
-        if override.lstrip("+").startswith("sweep="):
-            return override.split("=", 1)[1]
-    return "custom"
+    choice = OmegaConf.select(config, "hydra.runtime.choices.sweep")
+    return str(choice) if choice else "custom"
 
 
-def _open_store(run_config: Any) -> tuple[Any, str, str]:
-    uri, artifact_root = tracking.resolve_tracking(run_config)
-    try:
-        # Once, before any worker starts: workers racing to build a fresh SQLite schema crash.
-        client = tracking.prepare_store(uri, artifact_root)
-        experiment_id = tracking.ensure_experiment(client, run_config.experiment_name, artifact_root)
-    except tracking.StoreError as exc:
-        raise SweepError(str(exc)) from None
-    except tracking.MlflowException as exc:
-        raise SweepError(f"tracking store {uri}: {_one_line(exc)}") from None
-    return client, uri, experiment_id
+def _summary_of(job: Job, result: Any) -> RunSummary:
+    """The job's RunSummary; a job whose task function raised (it should not) counts as failed."""
+    from hydra.core.utils import JobStatus
+
+    value = result.return_value if result.status == JobStatus.COMPLETED else None
+    if isinstance(value, RunSummary):
+        return value
+    return RunSummary("failed", job.name, config_key=job.config_key, values=job.values,
+                      seed=job.run_config.seed, overrides=tuple(job.overrides),
+                      error=f"the job returned no summary (Hydra status {result.status.name})")
 
 
-def _find_parent(client: Any, experiment_id: str, key: str) -> Any:
+def _reused(job: Job, run: Any) -> RunSummary:
+    """A skipped job's row: the FINISHED run of the same config it reuses (from the skip query)."""
+    m = run.data.metrics
+    return RunSummary("skipped", job.name, run.info.run_id, job.config_key, m.get("final/test_acc"),
+                      m.get("final/test_loss"), m.get("gradcheck/trained/max_rel_err"),
+                      float(m.get("time/wall_s", 0.0)), overrides=tuple(job.overrides),
+                      metrics={"bpl.status": run.data.tags.get("bpl.status", "finished")},
+                      values=job.values, seed=job.run_config.seed)
+
+
+def _all_runs(store: Store, flt: str) -> list[Any]:
+    out, token = [], None
+    while True:
+        page = store.client.search_runs([store.experiment_id], filter_string=flt, max_results=1000,
+                                        page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def _find_parent(store: Store, key: str) -> Any:
     flt = f"tags.`bpl.role` = 'parent' and tags.`{SWEEP_KEY_TAG}` = '{key}'"
-    runs = client.search_runs([experiment_id], filter_string=flt, run_view_type=ViewType.ACTIVE_ONLY,
-                              max_results=1, order_by=["attributes.start_time DESC"])
+    runs = store.client.search_runs([store.experiment_id], filter_string=flt, max_results=1,
+                                    order_by=["attributes.start_time DESC"])
     return runs[0] if runs else None
 
 
-def _create_parent(client: Any, experiment_id: str, preset: str, key: str, sweep_dir: str,
-                   jobs: list[Job]) -> str:
-    swept = report.swept_values(jobs)
-    crossing = " x ".join(f"{k} in {{{', '.join(v)}}}" for k, v in swept.items()) or "a single config"
-    note = (f"Sweep preset `{preset}`: {len(jobs)} jobs over {crossing}, one child run each. "
-            "When the sweep ends, sweep/children.csv, the heatmaps and the best child are logged "
-            f"here. Hydra sweep dir: {sweep_dir}. Running the same command again resumes this "
-            "parent (finished configs are skipped); force=true starts a new one.")
-    tags = {
-        "bpl.role": "parent",
-        "bpl.preset": preset,
-        "bpl.sweep_dir": sweep_dir,
-        SWEEP_KEY_TAG: key,
-        "mlflow.note.content": note,
-        **tracking.environment_tags(),
-    }
+def _finished_runs(store: Store) -> dict[str, Any]:
+    """config key -> its newest FINISHED run in the experiment: the jobs this sweep skips."""
+    flt = "attributes.status = 'FINISHED' and tags.`bpl.role` != 'parent'"
+    out: dict[str, Any] = {}
+    for run in sorted(_all_runs(store, flt), key=lambda r: r.info.start_time):
+        out[run.data.tags.get("bpl.config_key")] = run
+    return out
+
+
+def _finished_runs_read_only(rc: Any) -> dict[str, str]:
+    """config key -> FINISHED run id, for a dry run: nothing is created (no store file, no folder,
+    no experiment); a store that does not exist yet has no runs."""
+    from backprop_lab.tracking import client as tracking
+
+    uri, _ = tracking.resolve_tracking(rc)
+    db = tracking.sqlite_path(uri)
+    if db is not None and not db.is_file():
+        return {}
+    try:
+        client = tracking.MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name(rc.experiment_name)
+        if experiment is None:
+            return {}
+        store = Store(client, uri, experiment.experiment_id)
+        return {k: run.info.run_id for k, run in _finished_runs(store).items()}
+    except Exception as exc:  # unreachable server, unreadable file: the listing still helps
+        print(f"sweep (dry run): cannot read {uri} ({sweep_jobs.one_line(exc)}); skips unknown",
+              file=sys.stderr, flush=True)
+        return {}
+
+
+def _create_parent(store: Store, preset: str, key: str, jobs: list[Job]) -> str:
+    from backprop_lab.tracking import client as tracking
+
+    labels = sweep_jobs.swept_labels(jobs)
+    note = (f"Sweep `{preset}`: {len(jobs)} jobs over {', '.join(labels) or 'one config'}, one "
+            "child run each; running. When it ends, this note holds the summary. Running the "
+            "same command again resumes this sweep (finished configs are skipped); force=true "
+            "starts a new one.")
+    tags = {"bpl.role": "parent", "bpl.preset": preset, SWEEP_KEY_TAG: key,
+            "mlflow.note.content": note, **tracking.environment_tags()}
     name = f"sweep:{preset} {time.strftime('%Y-%m-%d %H:%M:%S')}"
-    return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    return store.client.create_run(store.experiment_id, run_name=name, tags=tags).info.run_id
 
 
-def _release_sweep_dir(client: Any, experiment_id: str, parent_id: str, sweep_dir: str) -> None:
-    """Jobs look their parent up by sweep dir: older parents that used the same dir (a fixed
-    hydra.sweep.dir, force=true) give the tag up, so the lookup finds only this one."""
-    flt = f"tags.`bpl.role` = 'parent' and tags.`bpl.sweep_dir` = '{sweep_dir}'"
-    for run in report.all_runs(client, experiment_id, flt):
-        if run.info.run_id != parent_id:
-            client.delete_tag(run.info.run_id, "bpl.sweep_dir")
-
-
-def _kill_stale_children(client: Any, experiment_id: str, parent_id: str) -> int:
-    """Children of a resumed parent still RUNNING were left by a crash (no job has started yet)."""
+def _end_running_children(store: Store, parent_id: str) -> int:
+    """KILLED for the children of the parent still RUNNING (this sweep holds the experiment, so
+    no live job owns them: a crash or an interrupt left them)."""
     flt = f"tags.`mlflow.parentRunId` = '{parent_id}' and attributes.status = 'RUNNING'"
-    stale = report.all_runs(client, experiment_id, flt)
+    stale = _all_runs(store, flt)
     for run in stale:
-        client.set_terminated(run.info.run_id, status="KILLED")
+        store.client.set_terminated(run.info.run_id, status="KILLED")
     return len(stale)
 
 
-def _finished_keys(client: Any, experiment_id: str) -> set[str]:
-    """Config keys with a FINISHED run in the experiment: the jobs experiment.run will skip."""
-    flt = "attributes.status = 'FINISHED' and tags.`bpl.role` != 'parent'"
-    return {r.data.tags.get("bpl.config_key") for r in report.all_runs(client, experiment_id, flt)}
-
-
-def _end_if_running(state: _State, status: str = "KILLED") -> None:
-    """atexit: a sweep that died before on_multirun_end must not leave its parent RUNNING."""
-    if state.ended:
-        return
-    state.ended = True
+def _quietly_end(store: Store, parent_id: str, status: str) -> None:
+    """End the parent and any RUNNING child, ignoring Ctrl-C meanwhile; errors are swallowed
+    (the store may be what broke): re-running the command resumes and cleans up anyway."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
     try:
-        if state.client.get_run(state.parent_id).info.status == "RUNNING":
-            state.client.set_terminated(state.parent_id, status=status)
-    except Exception:  # noqa: BLE001 - shutting down; re-running the command resumes anyway
-        pass
+        with contextlib.suppress(Exception):
+            _end_running_children(store, parent_id)
+        with contextlib.suppress(Exception):
+            store.client.set_terminated(parent_id, status=status)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
-# --------------------------------------------------------------------------- end
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
-def _finish(state: _State) -> list[str]:
-    """Summary table, children.csv, heatmaps and best child on the parent; the failed jobs."""
-    client, parent_id = state.client, state.parent_id
-    rows = report.collect_rows(client, state.experiment_id, parent_id, state.jobs, state.started_ms)
-    counts = {s: sum(r.status == s for r in rows) for s in report.STATUSES}
-    best = report.best_row(rows)
-    print(report.table(rows), flush=True)
-    for line in report.seed_lines(rows):
-        print(line, flush=True)
-    best_text = (f"; best {best.name}: test acc {best.metric('final/test_acc'):.4f} "
-                 f"(run {best.run_id})") if best else ""
-    print(f"sweep {state.preset}: {len(rows)} jobs: "
-          f"{', '.join(f'{n} {s}' for s, n in counts.items())}{best_text}", flush=True)
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a scheduler, `kill`) ends the sweep as Ctrl-C does: parent KILLED, one line."""
+    if not _main_thread():
+        yield
+        return
 
-    client.log_text(parent_id, report.children_csv(rows), "sweep/children.csv")
-    for init, figure in report.heatmaps(rows):
-        client.log_figure(parent_id, figure, f"sweep/heatmap_{init}.png")
-    now = int(time.time() * 1000)
-    metrics = {f"sweep/n_{s}": float(n) for s, n in counts.items()}
-    metrics["sweep/n_jobs"] = float(len(rows))
-    tags = {}
-    if best is not None:
-        metrics["sweep/best_test_acc"] = best.metric("final/test_acc")
-        tags["bpl.best_child_run_id"] = best.run_id
-    client.log_batch(parent_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
-                     tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)
-    failed = [r for r in rows if r.status == "failed"]
-    client.set_terminated(parent_id, status="FAILED" if failed else "FINISHED")
-    state.ended = True
-    return [f"{r.name} (run {r.run_id or 'never created'})" for r in failed]
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

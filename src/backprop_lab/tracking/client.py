@@ -1,4 +1,4 @@
-"""MLflow plumbing: experiments, run lookup, batched logging, tags (store set-up: store.py, re-exported).
+"""MLflow plumbing: experiments, the skip lookup, batched logging, tags (store set-up: store.py, re-exported).
 
 Everything here talks to MLflow through an explicit `MlflowClient` (no fluent global state), so
 several runs in one process, or several processes on one store, never share an "active run".
@@ -12,7 +12,6 @@ import functools
 import itertools
 import json
 import math
-import os
 import platform
 import re
 import subprocess
@@ -95,22 +94,6 @@ def _ensure_experiment(client: MlflowClient, name: str, artifact_root: str | Non
 
 def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
-
-
-def find_parent_run(client: MlflowClient, experiment_id: str, sweep_dir: str) -> Run | None:
-    """The parent run of the multirun writing to sweep_dir (tag bpl.sweep_dir), else None.
-
-    sweep_dir is compared as an absolute path (normalize_sweep_dir), whatever cwd it came from.
-    """
-    flt = (f"tags.`bpl.role` = 'parent' and "
-           f"tags.`bpl.sweep_dir` = '{_quote(normalize_sweep_dir(sweep_dir))}'")
-    runs = client.search_runs([experiment_id], filter_string=flt, max_results=1,
-                              order_by=["attributes.start_time ASC"])
-    return runs[0] if runs else None
-
-
-def normalize_sweep_dir(sweep_dir: str) -> str:
-    return os.path.abspath(str(sweep_dir))
 
 
 def find_finished_run(client: MlflowClient, experiment_id: str, config_key: str) -> Run | None:

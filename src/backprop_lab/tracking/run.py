@@ -3,6 +3,11 @@
 `run(cfg, job)` is what the Hydra entry point calls; tests call it directly with a composed
 config and no Hydra CLI. Nothing is written to the store before the config is valid and the
 store is usable. Every run that started ends FINISHED or FAILED (KILLED on Ctrl-C), never RUNNING.
+
+A sweep's job learns everything about its sweep from its own config: the sweeper
+(backprop_lab.sweep.owner) adds `SweepJob.overrides()` (`sweep.parent_run_id`, `sweep.run_name`,
+`sweep.job`, `sweep.n_jobs`, `sweep.started_at`) to each job's overrides, and the job returns its
+`RunSummary` to the sweeper through the launcher. Nothing is looked up in the store.
 """
 
 from __future__ import annotations
@@ -16,10 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backprop_lab.config import names
 from backprop_lab.config.schema import ConfigError, UserError, config_key, validate
 from backprop_lab.tracking import record
 
-__all__ = ["JobContext", "RunSummary", "run", "run_name", "ConfigError", "UserError"]
+__all__ = ["JobContext", "RunSummary", "SweepJob", "run", "run_name", "ConfigError", "UserError"]
+
+run_name = names.run_name
 
 
 @dataclass(frozen=True)
@@ -27,102 +35,146 @@ class JobContext:
     """What the Hydra entry point knows about the job (scripts/train.py fills it from HydraConfig)."""
 
     mode: str = "single"  # "single" | "multirun"
-    sweep_dir: str | None = None  # multirun: the sweep's output folder (finds the parent run)
-    job_num: int | None = None
-    overrides: tuple[str, ...] = ()  # the job's override strings, as typed or swept
-    preset: str | None = None  # the sweep preset's name (conf/sweep/<preset>.yaml)
-    swept: tuple[str, ...] = ()  # multirun: the keys the sweep varies (they name the run)
+    overrides: tuple[str, ...] = ()  # the job's override strings, as typed or swept (no sweep.*)
+    preset: str | None = None  # bpl.preset when the config has no sweep.preset (a search)
+    swept: tuple[str, ...] = ()  # when given: only these override keys name the run (a search)
+
+    def name(self) -> str:
+        named = [o for o in self.overrides
+                 if not self.swept or o.lstrip("+~").split("=", 1)[0] in self.swept]
+        return run_name(named)
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """What the sweeper tells one of its jobs, through `sweep.*` keys of the job's config."""
+
+    parent_run_id: str
+    run_name: str
+    job: int  # k of [k/N]: 1-based position among the jobs this sweep launches
+    n_jobs: int  # N
+    started_at: float  # unix time the sweep launched its first job (for the time left)
+
+    KEYS = ("parent_run_id", "run_name", "job", "n_jobs", "started_at")
+
+    def overrides(self) -> list[str]:
+        """`++sweep.<key>=<value>` overrides (plain values: the sweep's fast composition holds)."""
+        def quoted(text: str) -> str:
+            return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+        return [f"++sweep.parent_run_id={quoted(self.parent_run_id)}",
+                f"++sweep.run_name={quoted(self.run_name)}", f"++sweep.job={self.job}",
+                f"++sweep.n_jobs={self.n_jobs}", f"++sweep.started_at={self.started_at:.3f}"]
+
+    @classmethod
+    def split(cls, rc: Any) -> tuple[Any, SweepJob | None]:
+        """(rc without the sweeper's keys, SweepJob or None): the keys are not the run's params."""
+        sweep = dict(rc.sweep or {})
+        if "parent_run_id" not in sweep:
+            return rc, None
+        job = cls(str(sweep["parent_run_id"]), str(sweep.get("run_name") or ""),
+                  int(sweep.get("job", 0)), int(sweep.get("n_jobs", 0)),
+                  float(sweep.get("started_at", time.time())))
+        rest = {k: v for k, v in sweep.items() if k not in cls.KEYS}
+        return rc.model_copy(update={"sweep": rest or None}), job
 
 
 @dataclass
 class RunSummary:
-    """Outcome of one job; `line` is the one line printed for it."""
+    """Outcome of one job, returned to the sweeper; `line` is the one line printed for it."""
 
     status: str  # finished | diverged | failed | skipped
     run_name: str
     run_id: str | None = None
     config_key: str | None = None
     test_acc: float | None = None
+    test_loss: float | None = None
     gradcheck_max_rel_err: float | None = None
     seconds: float = 0.0
     error: str | None = None
     overrides: tuple[str, ...] = ()
     line: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)  # label (config/names.py) -> value
+    seed: int | None = None
+    # The final decision boundary (PNG), for the sweep parent's gallery; filled by record.
+    boundary_png: bytes | None = None
 
 
-def job_from_hydra(hc, argv=()) -> JobContext:
-    """JobContext from HydraConfig.get() (and the driver's command line, for swept lists)."""
+def job_from_hydra(hc) -> JobContext:
+    """JobContext from HydraConfig.get(): the mode and the job's overrides (minus the sweeper's)."""
     multirun = str(hc.mode).endswith("MULTIRUN")
-    swept: list[str] = []
-    if multirun:
-        swept = list((hc.sweeper.get("params") or {}).keys())  # the preset's sweep
-        for arg in argv:  # command-line lists; joblib workers see only the preset's keys
-            key, _, value = arg.lstrip("+~").partition("=")
-            if "," in value or value.startswith(("range(", "choice(", "glob(", "interval(")):
-                swept.append(key)
-    return JobContext(mode="multirun" if multirun else "single",
-                      sweep_dir=str(hc.sweep.dir) if multirun else None,
-                      job_num=hc.job.num if multirun else None,
-                      overrides=tuple(hc.overrides.task), preset=hc.runtime.choices.get("sweep"),
-                      swept=tuple(swept))
+    overrides = tuple(o for o in hc.overrides.task
+                      if o.lstrip("+~").split("=", 1)[0].removeprefix("sweep.") not in SweepJob.KEYS)
+    return JobContext(mode="multirun" if multirun else "single", overrides=overrides)
 
 
 def run(cfg: Any, job: JobContext | None = None, *, out=None, parent_id: str | None = None,
         tags: dict[str, str] | None = None, on_epoch=None) -> RunSummary:
     """Train and log one run. Raises ConfigError / StoreError in single mode before any write.
 
-    In multirun mode those become a failed summary too, so the other jobs of the sweep go on.
-    parent_id: the parent run, when the caller owns one (a search); tags: extra run tags;
-    on_epoch(epoch, metrics) -> bool: True stops training (status "stopped", see core.train).
+    In multirun mode every error (a bad config, a store that fails, even in create_run) becomes
+    a failed summary with one line instead, so the other jobs of the sweep go on.
+    parent_id: the parent run, when the caller owns one (a search; a sweep's job reads its own from
+    its config); tags: extra run tags; on_epoch(epoch, metrics) -> bool: True stops training
+    (status "stopped", see core.train).
     """
     job = job or JobContext()
     out = out or sys.stdout
     t0 = time.perf_counter()
-    name = run_name(job.overrides, job.swept)
+    multirun = job.mode == "multirun"
+    sweep, rc, key = None, None, None
+    name = job.name()
+
+    def failed(error: str, run_id: str | None = None) -> RunSummary:
+        summary = RunSummary("failed", name, run_id, key, seconds=time.perf_counter() - t0, error=error,
+                             overrides=job.overrides, values=_values(job, rc),
+                             seed=rc.seed if rc is not None else None)
+        return _report(summary, sweep, out)
+
     try:
-        rc = validate(cfg)
+        rc, sweep = SweepJob.split(validate(cfg))
+        name = (sweep.run_name if sweep is not None else "") or name
+        key = config_key(rc)
         from backprop_lab.tracking import store  # no mlflow: a broken store fails before its import
 
         uri, artifact_root = store.resolve_tracking(rc)
         store.check_store_quickly(uri)
-        from backprop_lab.tracking import client as tracking  # mlflow takes seconds to import: only for valid configs
+        # mlflow takes seconds to import: only for valid configs.
+        from backprop_lab.tracking import client as tracking
 
         client = tracking.prepare_store(uri, artifact_root)
         experiment_id = tracking.ensure_experiment(client, rc.experiment_name, artifact_root)
+        if not rc.force and sweep is None:  # a sweep's owner skipped its FINISHED configs already
+            previous = tracking.find_finished_run(client, experiment_id, key)
+            if previous is not None:
+                m = previous.data.metrics
+                summary = RunSummary("skipped", name, previous.info.run_id, key,
+                                     m.get("final/test_acc"), m.get("final/test_loss"),
+                                     m.get("gradcheck/trained/max_rel_err"), time.perf_counter() - t0,
+                                     overrides=job.overrides, values=_values(job, rc), seed=rc.seed,
+                                     error=f"already FINISHED as run {previous.info.run_id}")
+                return _report(summary, sweep, out)
+        parent_id = sweep.parent_run_id if sweep is not None else parent_id
+        run_tags = {
+            "bpl.status": "running",
+            "bpl.config_key": key,
+            "bpl.role": "child" if sweep is not None else "single",
+            "bpl.preset": (rc.sweep or {}).get("preset") or job.preset or "",
+            **({"mlflow.parentRunId": parent_id} if parent_id else {}),
+            **tracking.environment_tags(),
+            **(tags or {}),
+        }
+        mlflow_run = client.create_run(experiment_id, tags=run_tags, run_name=name)
     except UserError as exc:
-        if job.mode != "multirun":
+        if not multirun:
             raise
-        summary = RunSummary("failed", name, error=str(exc), overrides=job.overrides,
-                             seconds=time.perf_counter() - t0)
-        return _report(summary, out)
+        return failed(str(exc))
+    except Exception as exc:  # the store failed (disk full, locked, server error): one line
+        if not multirun:
+            raise UserError(f"tracking store: {_one_line(exc)}") from None
+        return failed(f"tracking store: {_one_line(exc)}")
 
-    key = config_key(rc)
-    if not rc.force:
-        previous = tracking.find_finished_run(client, experiment_id, key)
-        if previous is not None:
-            m = previous.data.metrics
-            summary = RunSummary("skipped", name, previous.info.run_id, key,
-                                 m.get("final/test_acc"), m.get("gradcheck/trained/max_rel_err"),
-                                 time.perf_counter() - t0, overrides=job.overrides,
-                                 error=f"already FINISHED as run {previous.info.run_id}")
-            return _report(summary, out)
-
-    if parent_id is None and job.mode == "multirun" and job.sweep_dir:
-        parent = tracking.find_parent_run(client, experiment_id, job.sweep_dir)
-        parent_id = parent.info.run_id if parent is not None else None
-    preset = job.preset or (rc.sweep or {}).get("preset") or ""
-    tags = {
-        "bpl.status": "running",
-        "bpl.config_key": key,
-        "bpl.role": "child" if job.mode == "multirun" else "single",
-        "bpl.preset": preset,
-        **({"bpl.sweep_dir": tracking.normalize_sweep_dir(job.sweep_dir)} if job.sweep_dir else {}),
-        **({"mlflow.parentRunId": parent_id} if parent_id else {}),
-        **tracking.environment_tags(),
-        **(tags or {}),
-    }
-    mlflow_run = client.create_run(experiment_id, tags=tags, run_name=name)
     run_id = mlflow_run.info.run_id
     try:
         with _blas_threads(rc.blas_threads):
@@ -130,18 +182,28 @@ def run(cfg: Any, job: JobContext | None = None, *, out=None, parent_id: str | N
     except KeyboardInterrupt:
         _end_failed(client, run_id, status="KILLED")
         raise
-    except Exception as exc:  # noqa: BLE001 - any crash must end the run FAILED, with its traceback
+    except Exception as exc:  # any crash must end the run FAILED, with its traceback
         _end_failed(client, run_id)
-        msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        summary = RunSummary("failed", name, run_id, key, seconds=time.perf_counter() - t0,
-                             error=msg, overrides=job.overrides)
-        return _report(summary, out)
-    status, metrics = result.status, result.metrics  # result.boundary_png: the trained boundary
+        return failed(_one_line(exc, with_type=True), run_id)
+    status, metrics = result.status, result.metrics
     summary = RunSummary(status, name, run_id, key, metrics.get("final/test_acc"),
+                         metrics.get("final/test_loss"),
                          metrics.get("gradcheck/trained/max_rel_err",
                                      metrics.get("gradcheck/init/max_rel_err")),
-                         time.perf_counter() - t0, overrides=job.overrides, metrics=metrics)
-    return _report(summary, out)
+                         time.perf_counter() - t0, overrides=job.overrides, metrics=metrics,
+                         values=_values(job, rc), seed=rc.seed,
+                         boundary_png=result.boundary_png)
+    return _report(summary, sweep, out)
+
+
+def _values(job: JobContext, rc: Any) -> dict[str, Any]:
+    return names.named_values(job.overrides, rc.model_dump(mode="json")) if rc is not None else {}
+
+
+def _one_line(exc: BaseException, with_type: bool = False) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0][:300] if text else ""
+    return f"{type(exc).__name__}: {first}" if with_type or not first else first
 
 
 def _blas_threads(n: int | None):
@@ -153,16 +215,27 @@ def _blas_threads(n: int | None):
     return threadpool_limits(limits=n, user_api="blas")
 
 
-def _report(summary: RunSummary, out) -> RunSummary:
+def _report(summary: RunSummary, sweep: SweepJob | None, out) -> RunSummary:
+    """Print the run's one line; in a sweep with `[k/N]` first and the sweep's time left last."""
     acc = "-" if summary.test_acc is None else f"{summary.test_acc:.3f}"
     err = "-" if summary.gradcheck_max_rel_err is None else f"{summary.gradcheck_max_rel_err:.1e}"
     line = (f"{summary.run_name:<32} test_acc={acc:<6} gradcheck={err:<8} "
             f"{summary.status:<9} {summary.seconds:6.2f}s")
+    if sweep is not None and sweep.n_jobs:
+        width = len(str(sweep.n_jobs))
+        elapsed = max(time.time() - sweep.started_at, 0.0)
+        left = elapsed / max(sweep.job, 1) * max(sweep.n_jobs - sweep.job, 0)
+        line = f"[{sweep.job:>{width}}/{sweep.n_jobs}] {line}  ~{_clock(left)} left"
     if summary.error and summary.status in ("failed", "skipped"):
         line += f"  ({summary.error})"
     summary.line = line
     print(line, file=out, flush=True)
     return summary
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 def _end_failed(client, run_id: str, status: str = "FAILED") -> None:
@@ -175,39 +248,8 @@ def _end_failed(client, run_id: str, status: str = "FAILED") -> None:
             (Path(tmp) / "error").mkdir()
             (Path(tmp) / "error" / "traceback.txt").write_text(text)
             client.log_artifacts(run_id, tmp)
-    except Exception:  # noqa: BLE001 - a broken artifact store must not hide the run's end
+    except Exception:  # a broken artifact store must not hide the run's end
         print(text, file=sys.stderr)
     finally:
         tracking.log_tags(client, run_id, {"bpl.status": "failed"})
         client.set_terminated(run_id, status)
-
-
-# --------------------------------------------------------------------------- run names
-
-# Short aliases of the keys users sweep (docs/architecture.md); others keep their last part.
-ALIASES = {
-    "optim.lr": "lr", "model.width": "width", "model.depth": "depth", "init": "init",
-    "init.name": "init", "optim": "opt", "optim.name": "opt", "data": "data", "data.name": "data",
-    "seed": "seed", "model.activation": "act",
-}
-_ORDER = ["lr", "width", "depth", "init", "opt", "data", "seed", "act"]
-
-
-_NOT_IN_NAME = ("sweep", "force", "experiment_name")
-
-
-def run_name(overrides, swept=None) -> str:
-    """`lr=0.1 width=16 init=he` from the job's overrides; `defaults` when there are none.
-
-    swept: the keys a multirun varies; when given (non-empty), only those are named.
-    """
-    parts: dict[str, str] = {}
-    for text in overrides:
-        key, sep, value = str(text).lstrip("+~").partition("=")
-        if not sep or key.startswith(("hydra", "tracking")) or key in _NOT_IN_NAME:
-            continue
-        if swept and key not in swept:
-            continue
-        parts[ALIASES.get(key, key.rsplit(".", 1)[-1])] = value
-    ordered = sorted(parts, key=lambda k: (_ORDER.index(k) if k in _ORDER else len(_ORDER), k))
-    return " ".join(f"{k}={parts[k]}" for k in ordered) or "defaults"

@@ -1,33 +1,38 @@
-"""Hydra's basic sweeper without its second up-front composition of jobs we already validated.
+"""backprop_lab's Hydra sweeper: the object that owns a sweep (logic in backprop_lab.sweep.owner).
 
-BasicSweeper.sweep composes every job once before launching it (`validate_batch_is_legal`), to
-catch composition errors early. backprop_lab's SweepCallback has already composed and validated
-every job in this process (backprop_lab.sweep.jobs.compose_jobs), so that pass only costs time
-(~0.1 s a job). This sweeper skips the jobs compose_jobs recorded and leaves every other job to
-Hydra's own check, e.g. when the callback is disabled (`~hydra.callbacks.sweep`).
+It expands the jobs as Hydra's BasicSweeper does (same `params` and `max_batch_size` fields),
+validates them all, opens the parent run, launches the jobs with the configured launcher and
+summarises what they return. `dry_run: true` (make sweep DRY=1) lists the jobs, writes nothing.
 
 Hydra instantiates plugins only from the `hydra_plugins` namespace package: this directory has
 no `hydra_plugins/__init__.py` on purpose (the launchers in site-packages share the namespace).
 Selected by conf/hydra/sweeper/backprop_lab.yaml. Hydra imports this module in every process at
-start-up (plugin discovery): it stays tiny and imports nothing of backprop_lab.
+start-up (plugin discovery): it stays tiny and imports backprop_lab only when a sweep starts.
 """
 
 from __future__ import annotations
 
-import sys
-from typing import Sequence
+from typing import Any
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.plugins.sweeper import Sweeper
 
 
-class BackpropLabSweeper(BasicSweeper):
-    """BasicSweeper (same parameters: max_batch_size, params) minus the redundant validation."""
+class BackpropLabSweeper(Sweeper):
+    def __init__(self, max_batch_size: int | None = None, params: dict | None = None,
+                 dry_run: bool = False) -> None:
+        self.max_batch_size, self.params, self.dry_run = max_batch_size, params or {}, dry_run
+        self.hydra_context = self.config = self.launcher = None
 
-    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
-        # Only a process that ran compose_jobs can have validated anything: no import otherwise.
-        jobs = sys.modules.get("backprop_lab.sweep.jobs")
-        assert self.config is not None
-        unchecked = [overrides for overrides in batch
-                     if jobs is None or not jobs.was_validated(self.config, list(overrides))]
-        if unchecked:
-            super().validate_batch_is_legal(unchecked)
+    def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from backprop_lab.sweep.owner import Sweep
+
+        return Sweep(self.config, self.launcher, self.hydra_context.config_loader,
+                     params=dict(self.params), max_batch_size=self.max_batch_size,
+                     dry_run=bool(self.dry_run)).run(list(arguments))

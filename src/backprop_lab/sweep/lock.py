@@ -1,0 +1,117 @@
+"""One sweep at a time per experiment: `hold(client, uri, experiment_id, name)` or `SweepBusy`.
+
+A second sweep that would write into an experiment while another sweep on it is alive would
+duplicate its runs or leave runs without a parent; it is refused with one line instead.
+
+- SQLite store: an OS lock (`fcntl.flock`) on a file beside the database,
+  `<db>.sweep-<experiment id>.lock`. The kernel drops it when the holder dies, even by SIGKILL, so
+  re-running a killed sweep is never refused.
+- Tracking server: a lease, the experiment tag `bpl.sweep_lease` = `<token> <expiry unix s> <who>`,
+  renewed by a heartbeat thread every LEASE_S / 3 and deleted at the end. A sweep takes a free or
+  expired lease, then reads it back after SETTLE_S: two sweeps that both saw it free both wrote,
+  and only the one whose token stayed (the last write) goes on. A sweep killed by SIGKILL blocks
+  the experiment until its lease expires (LEASE_S).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from backprop_lab.config.schema import UserError
+
+LEASE_TAG = "bpl.sweep_lease"
+LEASE_S = 60.0
+SETTLE_S = 1.0
+
+
+class SweepBusy(UserError):
+    """Another sweep is writing into the experiment; `str()` is one line."""
+
+
+@contextlib.contextmanager
+def hold(client: Any, uri: str, experiment_id: str, experiment_name: str) -> Iterator[None]:
+    """Hold the experiment for this sweep for the duration of the `with` block."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        with _file_lock(db.with_name(f"{db.name}.sweep-{experiment_id}.lock"), experiment_name):
+            yield
+    else:
+        with _lease(client, experiment_id, experiment_name):
+            yield
+
+
+def _who() -> str:
+    return f"pid {os.getpid()} on {socket.gethostname()}"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, experiment_name: str) -> Iterator[None]:
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise SweepBusy(_busy(experiment_name, holder, f"lock file {path}")) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{_who()}, since {time.strftime('%H:%M:%S')}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def _lease(client: Any, experiment_id: str, experiment_name: str) -> Iterator[None]:
+    token = uuid.uuid4().hex
+
+    def write() -> None:
+        client.set_experiment_tag(experiment_id, LEASE_TAG, f"{token} {time.time() + LEASE_S:.0f} {_who()}")
+
+    def holder() -> tuple[str, float, str] | None:
+        tag = client.get_experiment(experiment_id).tags.get(LEASE_TAG, "")
+        parts = tag.split(" ", 2)
+        if len(parts) < 2 or not parts[1].isdigit() or float(parts[1]) < time.time():
+            return None  # free, or expired
+        return parts[0], float(parts[1]), parts[2] if len(parts) > 2 else "?"
+
+    current = holder()
+    if current is not None and current[0] != token:
+        raise SweepBusy(_busy(experiment_name, current[2], f"lease tag {LEASE_TAG}, expires in "
+                              f"{current[1] - time.time():.0f} s"))
+    write()
+    time.sleep(SETTLE_S)  # a sweep that read "free" together with us has written by now
+    current = holder()
+    if current is None or current[0] != token:
+        raise SweepBusy(_busy(experiment_name, current[2] if current else "another sweep",
+                              f"lease tag {LEASE_TAG}"))
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.wait(LEASE_S / 3):
+            with contextlib.suppress(Exception):  # a missed beat: the next one renews
+                write()
+
+    beat = threading.Thread(target=heartbeat, name="bpl-sweep-lease", daemon=True)
+    beat.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beat.join()
+        with contextlib.suppress(Exception):  # expires by itself otherwise
+            client.delete_experiment_tag(experiment_id, LEASE_TAG)
+
+
+def _busy(experiment_name: str, holder: str, how: str) -> str:
+    return (f"sweep: another sweep is writing into experiment {experiment_name!r} ({holder}; {how}); "
+            "wait until it ends, or use another experiment_name")
