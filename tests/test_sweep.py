@@ -189,14 +189,14 @@ def test_parent_reaches_jobs_through_config_and_summary_comes_from_return_values
     assert parent.data.metrics["sweep/best_test_acc"] == 0.54
     assert parent.data.tags["bpl.best_child_run_id"] == "made-up-4"
     assert "made-up-4" in parent.data.tags["mlflow.note.content"]
-    assert "best: lr=0.2 width=3, test acc 0.540" in out
+    assert "Best: lr=0.2 width=3, test acc 0.540 (n=1)" in out
     assert "sweep custom: 4 jobs: 4 finished, 0 diverged, 0 failed, 0 skipped" in out
     import pandas as pd
 
     table = pd.read_csv(client.download_artifacts(parent.info.run_id, "sweep/children.csv", str(tmp_path)))
     assert list(table["run_id"]) == [f"made-up-{k}" for k in range(1, 5)]
-    assert list(table["test_acc"]) == [0.51, 0.52, 0.53, 0.54]
-    columns = {"lr", "width", "seed", "status", "test_acc", "test_loss", "run_id", "run_name"}
+    assert list(table["final/test_acc"]) == [0.51, 0.52, 0.53, 0.54]
+    columns = {"lr", "width", "seed", "status", "final/test_acc", "final/test_loss", "run_id", "run_name"}
     assert columns <= set(table.columns)
     # No store lookups left: no sweep dir tag anywhere.
     assert "bpl.sweep_dir" not in parent.data.tags
@@ -249,7 +249,7 @@ def test_tiny_sweep_terminal_one_line_per_run_then_a_compact_summary(tiny_sweep)
     summary = lines[end + 1:]
     assert len(summary) <= 15, summary  # compact: no row per run again
     assert any(" +- " in ln and "(n=2)" in ln for ln in summary)
-    assert any(ln.startswith("best: ") for ln in summary)
+    assert any(ln.startswith("Best: ") for ln in summary)
 
 
 @pytest.mark.slow
