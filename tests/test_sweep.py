@@ -157,13 +157,19 @@ def test_a_bad_sweep_gets_the_single_runs_line(single, swept):
 
 
 def test_parent_reaches_jobs_through_config_and_summary_comes_from_return_values(tmp_path, capsys):
-    """A real Hydra multirun with the project's sweeper and the basic launcher, in-process; the
+    """A real Hydra multirun with the project's sweeper and Hydra's basic launcher, in-process; the
     task function returns made-up accuracies that exist nowhere else: the parent's summary can
     only have come from the return values. Each job read its parent from its own config."""
     from hydra.core.global_hydra import GlobalHydra
 
     from backprop_lab.tracking.run import RunSummary
 
+    import io
+
+    from matplotlib.figure import Figure
+
+    png = io.BytesIO()
+    Figure(figsize=(1, 1)).savefig(png, format="png")  # a stand-in decision boundary
     seen = []
 
     def task(cfg):
@@ -171,9 +177,10 @@ def test_parent_reaches_jobs_through_config_and_summary_comes_from_return_values
         k = len(seen)
         return RunSummary("finished", cfg.sweep.run_name, run_id=f"made-up-{k}", test_acc=0.5 + k / 100,
                           test_loss=1.0 / k, values={"lr": cfg.optim.lr, "width": cfg.model.width},
-                          seed=cfg.seed)
+                          seed=cfg.seed, boundary_png=png.getvalue())
 
-    overrides = ["optim.lr=0.1,0.2", "model.width=2,3", "train.epochs=5", *store_args(tmp_path)]
+    overrides = ["optim.lr=0.1,0.2", "model.width=2,3", "train.epochs=5", "hydra/launcher=basic",
+                 *store_args(tmp_path)]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         GlobalHydra.instance().hydra.multirun("config", task, overrides)
     out = capsys.readouterr().out
@@ -198,6 +205,8 @@ def test_parent_reaches_jobs_through_config_and_summary_comes_from_return_values
     assert list(table["final/test_acc"]) == [0.51, 0.52, 0.53, 0.54]
     columns = {"lr", "width", "seed", "status", "final/test_acc", "final/test_loss", "run_id", "run_name"}
     assert columns <= set(table.columns)
+    files = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
+    assert files == {"sweep/children.csv", "sweep/summary.png", "sweep/gallery.png"}
     # No store lookups left: no sweep dir tag anywhere.
     assert "bpl.sweep_dir" not in parent.data.tags
 
@@ -241,7 +250,8 @@ def test_tiny_sweep_one_parent_every_child_linked_through_its_config(tiny_sweep)
 def test_tiny_sweep_terminal_one_line_per_run_then_a_compact_summary(tiny_sweep):
     lines = tiny_sweep.stdout.splitlines()
     run_lines = [ln for ln in lines if re.match(r"\[\d/8\] ", ln)]
-    assert [ln[:5] for ln in run_lines] == [f"[{k}/8]" for k in range(1, 9)]
+    # One line per run as it ends (in any order: the default launcher runs one job per core).
+    assert sorted(ln[:5] for ln in run_lines) == [f"[{k}/8]" for k in range(1, 9)]
     assert all(re.search(r"~\d+:\d\d left$", ln) for ln in run_lines), run_lines
     assert lines[0].startswith("sweep default: 8 jobs, 0 already finished -> will be skipped; new parent")
     end = lines.index(next(ln for ln in lines if ln.startswith("sweep default: 8 jobs: ")))
@@ -355,7 +365,7 @@ def test_the_lease_lets_one_holder_in_at_a_time(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", [(), ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")],
-                         ids=["basic", "joblib2"])
+                         ids=["default-forked", "joblib2"])
 def test_ctrl_c_ends_in_one_line_parent_killed_no_child_running(tmp_path, launcher):
     import signal
     import sqlite3
@@ -395,3 +405,29 @@ def test_ctrl_c_ends_in_one_line_parent_killed_no_child_running(tmp_path, launch
     assert parent.info.status == "KILLED"
     statuses = [c.info.status for c in runs_of(client, "backprop-lab/train", "tags.`bpl.role` = 'child'")]
     assert statuses and "RUNNING" not in statuses and "KILLED" in statuses
+
+
+def test_the_sqlite_lock_refuses_a_second_holder_and_forked_workers_do_not_keep_it(tmp_path):
+    """The OS lock beside a SQLite store: a second holder is refused while the first holds it;
+    a process forked while it is held (the launcher's workers) does not keep it after release."""
+    import time
+
+    from backprop_lab.sweep import lock
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with lock.hold(None, uri, "7", "e"):
+        with pytest.raises(lock.SweepBusy, match=r"another sweep is writing into experiment 'e' \(pid "):
+            with lock.hold(None, uri, "7", "e"):
+                pass
+        ready_r, ready_w = os.pipe()
+        child = os.fork()
+        if child == 0:  # a worker that outlives the sweep's hold (fork hooks have run by now)
+            os.write(ready_w, b"1")
+            time.sleep(3)
+            os._exit(0)
+        os.read(ready_r, 1)
+    try:
+        with lock.hold(None, uri, "7", "e"):  # free at once, though the worker still runs
+            assert (tmp_path / "mlflow.db.sweep-7.lock").exists()
+    finally:
+        os.waitpid(child, 0)

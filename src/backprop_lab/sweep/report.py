@@ -19,7 +19,7 @@ import pandas as pd
 from backprop_lab.analysis import summary
 
 STATUSES = ("finished", "diverged", "failed", "skipped")
-GALLERY_MAX = 16
+GALLERY_EACH = 4  # the gallery shows every configuration up to 8, else the 4 best and 4 worst
 
 
 def frame(jobs: list[Any], rows: list[Any], keys: list[str]) -> pd.DataFrame:
@@ -80,22 +80,23 @@ class Report:
         return summary.summary_figure(self.df, self.keys, self.per, title=self.title)
 
     def gallery_figure(self, rows: list[Any]) -> Any:
-        """The returned decision boundaries of the configurations' best runs, best first; None
-        when no job returned one (skipped jobs return none)."""
+        """The returned decision boundaries of summary.gallery_picks' configurations (every one,
+        or the best and the worst), each its best seed's; None when no job returned one
+        (skipped jobs return none)."""
         import matplotlib.image as mpimg
 
         from backprop_lab.figures import plots
 
         pngs = {r.run_id: r.boundary_png for r in rows if r.run_id and r.boundary_png}
-        table = summary.rank(self.df, self.keys)
-        picks = [r for _, r in table.iterrows() if r["best_run_id"] in pngs][:GALLERY_MAX]
-        if not picks:
+        if not pngs:
             return None
-        images = [mpimg.imread(io.BytesIO(pngs[r["best_run_id"]]), format="png") for r in picks]
-        titles = [f"{int(r['rank'])}. {summary.config_label(r, summary.config_keys(self.keys))}\n"
-                  f"{summary.mean_std(r)}" for r in picks]
-        return plots.gallery_figure(images, titles, title=f"{self.title}: decision boundaries, "
-                                    "best seed of each configuration, best first")
+        picks = summary.gallery_picks(summary.rank(self.df, self.keys), n=GALLERY_EACH)
+        picks = picks[picks["best_run_id"].isin(list(pngs))]
+        if picks.empty:
+            return None
+        images = [mpimg.imread(io.BytesIO(pngs[rid]), format="png") for rid in picks["best_run_id"]]
+        return plots.gallery_figure(images, list(picks["title"]),
+                                    title=f"{self.title}: decision boundaries, best and worst")
 
     def children_csv(self) -> str:
         """sweep/children.csv: one line per job (pandas reads it as is)."""

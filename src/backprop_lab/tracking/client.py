@@ -12,6 +12,7 @@ import functools
 import itertools
 import json
 import math
+import os
 import platform
 import re
 import subprocess
