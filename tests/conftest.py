@@ -81,7 +81,10 @@ def tiny_sweep(tmp_path_factory) -> TinySweep:
     finished (lr=1.0), 4 diverged (lr=1e10), none failed. Read it; do not write into it (other
     tests share it); re-running `args` resumes it (everything skipped)."""
     root = tmp_path_factory.mktemp("tiny_sweep")
-    args = ("--multirun", "+sweep=default", *TINY_GRID, f"train.epochs={TINY_EPOCHS}")
+    # n_jobs=1: the forked default launcher (dc1de25, warm start) currently loses the rows of jobs
+    # run in its workers on a fresh SQLite store (8 jobs -> 1 child stored); reported to its owner.
+    args = ("--multirun", "+sweep=default", *TINY_GRID, f"train.epochs={TINY_EPOCHS}",
+            "hydra.launcher.n_jobs=1")
     done = subprocess.run(train_command(root, *args), cwd=root, env=clean_env(), capture_output=True,
                           text=True, timeout=900)
     return TinySweep(root, tuple(train_command(root, *args)[2:]), "backprop-lab/default",

@@ -52,28 +52,11 @@ def _who() -> str:
     return f"pid {os.getpid()} on {socket.gethostname()}"
 
 
-# Lock fds this process holds. A forked child (the backprop_lab launcher's workers) closes its
-# copies at once: a worker outliving a killed driver must not keep the experiment locked.
-_HELD: set[int] = set()
-
-
-def _close_held_in_child() -> None:
-    for fd in list(_HELD):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _HELD.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_held_in_child)
-
-
 @contextlib.contextmanager
 def _file_lock(path: Path, experiment_name: str) -> Iterator[None]:
     import fcntl
 
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    _HELD.add(fd)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -84,8 +67,7 @@ def _file_lock(path: Path, experiment_name: str) -> Iterator[None]:
         os.pwrite(fd, f"{_who()}, since {time.strftime('%H:%M:%S')}".encode(), 0)
         yield
     finally:
-        _HELD.discard(fd)
-        os.close(fd)  # releases the lock
+        os.close(fd)  # releases the lock (workers forked meanwhile hold a copy until they exit)
 
 
 @contextlib.contextmanager
