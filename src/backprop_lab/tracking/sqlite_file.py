@@ -1,4 +1,4 @@
-"""Is this SQLite file an MLflow store we may open? Read once, read-only, before MLflow sees it.
+"""Is this SQLite file an MLflow store we may open? Read once (SELECTs only), before MLflow sees it.
 
 MLflow meets a broken file with ten engine retries and back-off (~100 s), then a traceback; it
 migrates ANY SQLite file into its 66 tables (someone else's included) and silently re-creates a
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from pathlib import Path
 
 from backprop_lab.config.schema import UserError
@@ -53,19 +54,41 @@ def check_sqlite_store(db: Path) -> None:
         raise StoreError(f"SQLite store {db} is not a SQLite database (damaged, or another kind of "
                          f"file); restore it from a backup or {_NEW_STORE}")
     try:
-        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=2.0)) as con:
-            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            version = (con.execute("SELECT version_num FROM alembic_version").fetchone()
-                       if "alembic_version" in names else None)
-    except sqlite3.OperationalError as exc:
-        if "locked" in str(exc):
-            raise StoreError(f"SQLite store {db} is locked by another process (waited 2 s); "
-                             "try again when it is done") from None
-        raise StoreError(f"SQLite store {db} cannot be read ({exc}); restore it from a backup or "
-                         f"{_NEW_STORE}") from None
+        names, version = _read_schema(db)
+    except sqlite3.OperationalError:
+        # A WAL store being checkpointed by its last writer (its -shm file vanishing under us)
+        # can fail one read with "disk I/O error": one short retry, as the guarantees promise.
+        time.sleep(0.2)
+        try:
+            names, version = _read_schema(db)
+        except sqlite3.OperationalError as exc:
+            _raise_unreadable(db, exc)
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"SQLite store {db} is damaged ({exc}); restore it from a backup or "
                          f"{_NEW_STORE}") from None
+    _check_tables(db, names, version)
+
+
+def _read_schema(db: Path) -> tuple[set[str], tuple | None]:
+    """Table names and alembic version. Opened read-write on purpose: a read-only connection
+    cannot create the -shm file a WAL-mode store (every store this project made) needs, and
+    fails while another process closes the store; only SELECTs run, so nothing is written."""
+    with contextlib.closing(sqlite3.connect(db, timeout=2.0)) as con:
+        names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        version = (con.execute("SELECT version_num FROM alembic_version").fetchone()
+                   if "alembic_version" in names else None)
+    return names, version
+
+
+def _raise_unreadable(db: Path, exc: sqlite3.OperationalError) -> None:
+    if "locked" in str(exc):
+        raise StoreError(f"SQLite store {db} is locked by another process (waited 2 s); "
+                         "try again when it is done") from None
+    raise StoreError(f"SQLite store {db} cannot be read ({exc}); restore it from a backup or "
+                     f"{_NEW_STORE}") from None
+
+
+def _check_tables(db: Path, names: set[str], version: tuple | None) -> None:
     if not names:
         return  # an empty database
     present = [t for t in MLFLOW_CORE_TABLES if t in names]
