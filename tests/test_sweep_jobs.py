@@ -127,3 +127,18 @@ def test_the_sweeper_is_discovered_and_owns_the_sweep(hydra_conf, tmp_path):
     assert issubclass(cls, Sweeper)  # Hydra's public sweeper interface, not BasicSweeper's internals
     sweeper = cls(max_batch_size=None, params={"model.width": "2,3"}, dry_run=True)
     assert (sweeper.params, sweeper.dry_run) == ({"model.width": "2,3"}, True)
+
+
+def test_a_bad_launcher_value_ends_in_one_line(hydra_conf, capsys):
+    """`make sweep JOBS=0` reaches the sweeper as hydra.launcher.n_jobs=0: one line, exit 2."""
+    from hydra.core.plugins import Plugins
+    from hydra.types import HydraContext
+
+    cfg = hydra_conf("seed=1,2", "hydra.launcher.n_jobs=0")
+    cls = Plugins.instance().class_name_to_class["hydra_plugins.backprop_lab_sweeper.BackpropLabSweeper"]
+    context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=None)
+    with pytest.raises(SystemExit) as info:
+        cls().setup(hydra_context=context, task_function=lambda c: None, config=cfg)
+    assert info.value.code == 2
+    assert capsys.readouterr().err == ("sweep: hydra.launcher: hydra.launcher.n_jobs=0: expected a whole "
+                                       "number >= 1, or null (one worker per core)\n")

@@ -12,6 +12,7 @@ start-up (plugin discovery): it stays tiny and imports backprop_lab only when a 
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from hydra.plugins.sweeper import Sweeper
@@ -27,8 +28,13 @@ class BackpropLabSweeper(Sweeper):
         from hydra.core.plugins import Plugins
 
         self.hydra_context, self.config = hydra_context, config
-        self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config)
+        try:
+            self.launcher = Plugins.instance().instantiate_launcher(
+                hydra_context=hydra_context, task_function=task_function, config=config)
+        except Exception as exc:  # a bad hydra.launcher value (n_jobs=0): one line, not Hydra's trace
+            cause = exc.__cause__ or exc
+            print(f"sweep: hydra.launcher: {' '.join(str(cause).split())}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
 
     def sweep(self, arguments: list[str]) -> Any:
         from backprop_lab.sweep.owner import Sweep
