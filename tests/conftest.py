@@ -89,3 +89,28 @@ def tiny_sweep(tmp_path_factory) -> TinySweep:
                           text=True, timeout=900)
     return TinySweep(root, tuple(train_command(root, *args)[2:]), "backprop-lab/default",
                      done.returncode, done.stdout, done.stderr)
+
+
+# --------------------------------------------------------------------------- a migrated empty store
+
+
+@pytest.fixture(scope="session")
+def mlflow_schema():
+    """An empty, migrated MLflow SQLite store of this MLflow version (tracking/store.py builds it
+    once per machine and caches it): tests copy it and never run MLflow's ~60 migrations again."""
+    from backprop_lab.tracking import store
+
+    template = store._schema_template()
+    assert template is not None and template.is_file()
+    return template
+
+
+@pytest.fixture
+def empty_store(tmp_path, mlflow_schema) -> str:
+    """The URI of an empty MLflow SQLite store in tmp_path, made by the project's own
+    prepare_store (a copy of `mlflow_schema`, its Default experiment pointed at tmp_path/art)."""
+    from backprop_lab.tracking import store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store.prepare_store(uri, str(tmp_path / "art"))
+    return uri

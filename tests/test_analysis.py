@@ -54,8 +54,8 @@ def test_missing_sqlite_store_is_one_line_saying_what_to_run(tmp_path):
     assert not missing.exists()  # reading must never create an empty store
 
 
-def test_unknown_experiment_names_the_preset_command(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_unknown_experiment_names_the_preset_command(tmp_path, empty_store):
+    uri = empty_store
     MlflowClient(uri).create_experiment("backprop-lab/default", artifact_location=str(tmp_path / "a"))
     with pytest.raises(analysis.AnalysisError, match=r"`make sweep SWEEP=deep_init` first") as info:
         analysis.load_runs(uri, experiment="backprop-lab/deep_init")

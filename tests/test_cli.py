@@ -1,5 +1,6 @@
 """scripts/train.py as a user runs it: real subprocesses, real Hydra, a temporary SQLite store."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -22,6 +23,15 @@ def cli_env(tmp_path_factory):
     env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", RAY_USAGE_STATS_ENABLED="0")
     # Byte code: .venv is installed with `uv sync --compile-bytecode` (see the Makefile).
     return env
+
+
+@pytest.fixture(scope="session")
+def train_script():
+    """scripts/train.py as a module (scripts/ is not a package): its precheck runs in-process."""
+    spec = importlib.util.spec_from_file_location("bpl_train_script", TRAIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _train(tmp_path, env, *args, timeout=300):
@@ -63,15 +73,29 @@ BAD = [
 ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("override,expected", BAD, ids=[b[0] for b in BAD])
-def test_bad_input_one_line_nonzero_exit_store_untouched(tmp_path, cli_env, override, expected):
+def test_bad_input_one_line_nonzero_exit_store_untouched(tmp_path, capsys, train_script, override, expected):
+    """In-process: the entry point's own check (scripts/train.py precheck, which runs before Hydra)."""
+    store = [f"tracking.uri=sqlite:///{tmp_path / 'store' / 'mlflow.db'}",
+             f"tracking.artifact_root={tmp_path / 'store' / 'art'}"]
+    with pytest.raises(SystemExit) as info:
+        train_script.precheck([*store, override])
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert err.strip() == f"invalid config: {expected}" or (err.count("\n") == 1 and expected in err), err
+    assert out == ""
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.slow
+def test_bad_input_through_the_real_entry_point_exits_2_in_one_line(tmp_path, cli_env):
+    """One real interpreter: exit code 2, the one line on stderr, nothing on stdout, no store."""
+    override, expected = BAD[0]
     proc = _train(tmp_path, cli_env, override)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"invalid config: {expected}" or (
-        proc.stderr.count("\n") == 1 and expected in proc.stderr), proc.stderr
+    assert proc.stderr == f"invalid config: {expected}\n", proc.stderr
     assert proc.stdout == ""
-    assert not (tmp_path / "store").exists()
+    assert not (tmp_path / "store").exists() and not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.slow

@@ -34,14 +34,6 @@ ENV.pop("MLFLOW_TRACKING_URI", None)
 # --------------------------------------------------------------------------- broken stores
 
 
-@pytest.fixture(scope="session")
-def mlflow_schema() -> Path:
-    """An empty, migrated MLflow store of this MLflow version (built once per machine)."""
-    template = tracking_store._schema_template()
-    assert template is not None and template.is_file()
-    return template
-
-
 def _drop(table: str):
     def make(db: Path, template: Path) -> None:
         shutil.copyfile(template, db)
