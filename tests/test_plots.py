@@ -114,22 +114,6 @@ def test_decision_boundary_of_a_diverged_model_is_drawn_not_raised(dataset, mode
     assert "non-finite" in fig.axes[0].get_title()
 
 
-def test_heatmap_figure(tmp_path):
-    values = np.array([[0.5, 0.9, 0.97], [0.61, np.nan, 0.99]])
-    fig = plots.heatmap_figure(values, ["0.01", "0.1"], [4, 16, 64], title="test acc",
-                               cbar_label="test/acc", fmt="{:.2f}")
-    ax, cbar_ax = fig.axes
-    assert ax.get_title() == "test acc"
-    assert cbar_ax.get_ylabel() == "test/acc"
-    texts = [t.get_text() for t in ax.texts]
-    assert texts == ["0.50", "0.90", "0.97", "0.61", "n/a", "0.99"]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["4", "16", "64"]
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["0.01", "0.1"]
-    _saved(fig, tmp_path, "heatmap")
-    with pytest.raises(ValueError, match=r"shape \(2, 3\); expected \(2, 2\)"):
-        plots.heatmap_figure(values, ["a", "b"], ["c", "d"])
-
-
 def test_summary_figure_from_arrays(tmp_path):
     from matplotlib.patches import Rectangle
 

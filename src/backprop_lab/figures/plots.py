@@ -193,42 +193,6 @@ def decision_boundary_figure(model, params, dataset, *, grid=200, title=None) ->
     return fig
 
 
-def heatmap_figure(values, row_labels, col_labels, *, title="", cbar_label="", fmt="{:.2f}",
-                   xlabel="", ylabel="") -> Figure:
-    """Annotated heatmap of ``values`` (R, C); NaN cells (missing/failed runs) show "n/a".
-
-    Used for sweep summaries, e.g. test accuracy with rows = learning rates, columns = widths.
-    fmt: a ``str.format`` pattern for the cell text.
-    """
-    values = np.asarray(values, dtype=float)
-    if values.ndim != 2 or values.shape != (len(row_labels), len(col_labels)):
-        raise ValueError(f"heatmap values have shape {values.shape}; expected "
-                         f"({len(row_labels)}, {len(col_labels)}) from the row/column labels")
-    n_rows, n_cols = values.shape
-    width, height = 1.9 + 0.75 * n_cols, 1.2 + 0.45 * n_rows  # inches; margins fixed below
-    fig = _figure((width, height))
-    ax = fig.add_axes((0.9 / width, 0.6 / height, 0.75 * n_cols / width, 0.45 * n_rows / height))
-    masked = np.ma.masked_invalid(values)
-    im = ax.imshow(masked, cmap="viridis", aspect="auto")
-    ax.set_facecolor("0.85")  # shows through masked (NaN) cells
-    finite = values[np.isfinite(values)]
-    mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
-    for i in range(n_rows):
-        for j in range(n_cols):
-            v = values[i, j]
-            text = fmt.format(v) if np.isfinite(v) else "n/a"
-            ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                    color="k" if np.isfinite(v) and v > mid else "w" if np.isfinite(v) else "0.3")
-    ax.set_xticks(range(n_cols), [str(c) for c in col_labels])
-    ax.set_yticks(range(n_rows), [str(r) for r in row_labels])
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, cax=fig.add_axes(((1.0 + 0.75 * n_cols) / width, 0.6 / height,
-                                       0.15 / width, 0.45 * n_rows / height)), label=cbar_label)
-    return fig
-
-
 # A sweep's comparison figure: accuracy on one colour scale from chance (0.5) to 1 for every preset.
 SUMMARY_CMAP = "viridis"
 SUMMARY_CELL = (1.05, 0.62)  # inches per heatmap cell (width, height): room for three text lines
