@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 from analysis_store import (
     DEEP_DEPTH,
@@ -64,23 +63,6 @@ def test_unknown_experiment_names_the_preset_command(tmp_path, empty_store):
         analysis.load_runs(uri, experiment=DEFAULT)
     with pytest.raises(analysis.AnalysisError, match=r"no sweep .* `make sweep` first"):
         analysis.latest_sweep(uri, DEFAULT)
-
-
-def test_aggregate_seeds_math_on_a_hand_made_frame():
-    frame = pd.DataFrame({"init": ["he", "he", "he", "he", "xavier", "zeros"], "lr": [0.1] * 6,
-                          "status": ["finished", "finished", "failed", "diverged", "finished", "diverged"],
-                          "final/test_acc": [0.8, 0.9, np.nan, 0.1, 0.5, 0.3]})
-    agg = analysis.aggregate_seeds(frame, by=["init", "lr"], metrics=["final/test_acc"]).set_index("init")
-    # The NaN (failed) and the diverged run count as runs, not in the mean.
-    assert agg.loc["he", "count"] == 4 and agg.loc["he", "diverged"] == 1
-    assert agg.loc["he", "final/test_acc mean"] == pytest.approx(0.85)
-    assert agg.loc["he", "final/test_acc std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
-    assert np.isnan(agg.loc["xavier", "final/test_acc std"]) and agg.loc["xavier", "diverged"] == 0
-    assert agg.loc["zeros", "count"] == agg.loc["zeros", "diverged"] == 1
-    assert np.isnan(agg.loc["zeros", "final/test_acc mean"])
-    no_status = analysis.aggregate_seeds(frame.drop(columns="status"), by=["init"],
-                                         metrics=["final/test_acc"])
-    assert no_status["diverged"].eq(0).all() and no_status["count"].sum() == len(frame)
 
 
 def test_load_runs_columns_are_the_short_names_of_config_names():
@@ -186,33 +168,6 @@ def test_load_histories_long_frame_matches_metric_history(store, runs):
     direct = MlflowClient(store.uri).get_metric_history(one, "train/loss")
     mine = api[(api["run_id"] == one) & (api["metric"] == "train/loss")]
     assert mine["value"].tolist() == [m.value for m in sorted(direct, key=lambda m: m.step)]
-
-
-@pytest.mark.slow
-def test_aggregate_seeds_matches_direct_computation(runs):
-    agg = analysis.aggregate_seeds(runs, by=["init", "lr", "width"], metrics=["final/test_acc"])
-    assert len(agg) == grid_size(DEFAULT_GRID) // len(DEFAULT_GRID["seed"])
-    assert (agg["count"] == len(DEFAULT_GRID["seed"])).all()
-    for row in agg.to_dict("records"):
-        group = runs[(runs["init"] == row["init"]) & (runs["lr"] == row["lr"])
-                     & (runs["width"] == row["width"])]
-        values = group["final/test_acc"].to_numpy()
-        assert row["count"] == len(values) and row["diverged"] == (group["status"] == "diverged").sum()
-        if row["lr"] == DIVERGING_LR:  # every seed diverged: nothing to average (finite values exist)
-            assert row["diverged"] == row["count"] and np.isfinite(values).all()
-            assert np.isnan(row["final/test_acc mean"]) and np.isnan(row["final/test_acc std"])
-        else:
-            assert row["diverged"] == 0
-            assert row["final/test_acc mean"] == pytest.approx(values.mean())
-            assert row["final/test_acc std"] == pytest.approx(values.std(ddof=1))
-    # Per init over both lrs: the diverged half is left out of the mean, not averaged in.
-    by_init = analysis.aggregate_seeds(runs, by=["init"], metrics=["final/test_loss"]).set_index("init")
-    for init, group in runs.groupby("init"):
-        finished = group.loc[group["status"] == "finished", "final/test_loss"]
-        assert by_init.loc[init, "count"] == len(group)
-        assert by_init.loc[init, "diverged"] == len(group) - len(finished)
-        assert by_init.loc[init, "final/test_loss mean"] == pytest.approx(finished.mean())
-        assert by_init.loc[init, "final/test_loss mean"] < 10 < group["final/test_loss"].max()
 
 
 @pytest.mark.slow

@@ -12,7 +12,6 @@ from backprop_lab.analysis.store import (
     PARAM_COLUMNS,
     REPO_ROOT,
     AnalysisError,
-    aggregate_seeds,
     cast_value,
     default_tracking_uri,
     gradcheck_long,
@@ -25,6 +24,6 @@ from backprop_lab.analysis.store import (
 
 __all__ = [
     "CURVE_METRICS", "EXPERIMENT_PREFIX", "PARAM_COLUMNS", "REPO_ROOT", "AnalysisError",
-    "aggregate_seeds", "cast_value", "default_tracking_uri", "gradcheck_long", "latest_sweep",
+    "cast_value", "default_tracking_uri", "gradcheck_long", "latest_sweep",
     "load_histories", "load_runs", "load_sweep", "make_command", "plot_curves", "run_image", "summary",
 ]

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from backprop_lab.analysis.summary import rank
 from backprop_lab.config.names import SHORT_NAMES
 
 # Before mlflow is imported: no outbound telemetry from a notebook kernel either.
@@ -268,32 +267,6 @@ def load_histories(tracking_uri: str, run_ids, metrics=CURVE_METRICS, source: st
     frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
     return frame.astype({"epoch": "int64", "value": "float64"}).sort_values(
         ["run_id", "metric", "epoch"], ignore_index=True)
-
-
-def aggregate_seeds(runs: pd.DataFrame, by=("lr", "width", "init"),
-                    metrics=("final/test_acc", "final/test_loss")) -> pd.DataFrame:
-    """Mean, sample std (ddof=1; NaN for a single value) and count of `metrics` per group.
-
-    `analysis.summary.rank` once per metric, so its rules hold: diverged runs (their final/* only
-    repeat the last epoch before the overflow) and failed ones (NaN) are counted, never averaged;
-    a group whose runs all diverged gets NaN. One row per group, sorted by `by`: the `by` columns,
-    `count` (runs in the group), `diverged` (how many of them diverged), then `<metric> mean` and
-    `<metric> std` per metric. For rankings and ties use `summary.rank` itself.
-    """
-    if "status" not in runs.columns:
-        runs = runs.assign(status="finished")
-    out = None
-    for metric in metrics:
-        table = rank(runs, by, metric=metric, secondary=metric)
-        keys = table.attrs["keys"]
-        part = table[keys].assign(**{f"{metric} mean": table["mean"], f"{metric} std": table["std"]})
-        if out is None:
-            out = part.assign(count=table["n"] + table["n_diverged"] + table["n_failed"],
-                              diverged=table["n_diverged"])
-        else:
-            out = out.merge(part, on=keys, how="outer")
-    columns = [*keys, "count", "diverged", *(f"{m} {s}" for m in metrics for s in ("mean", "std"))]
-    return out[columns].sort_values(keys, ignore_index=True)
 
 
 def gradcheck_long(runs: pd.DataFrame) -> pd.DataFrame:
