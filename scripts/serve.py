@@ -46,7 +46,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="Host headers MLflow accepts, needed with a non-loopback --host")  # fmt: skip
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for /health")
     p.add_argument("--log", default=None, help="MLflow's own log file (default: a temp file)")
+    p.add_argument("--experiment", default=os.environ.get("EXPERIMENT") or None,
+                   help="ui: the experiment the printed link opens (default: the newest sweep's)")
     return p.parse_args(argv)
+
+
+def print_sweep_link(handle, experiment: str | None) -> None:
+    """The sweep's runs as a table (swept params, final metrics, best first): docs/ui.md."""
+    from mlflow import MlflowClient
+
+    from backprop_lab.serve.link import sweep_view
+
+    try:
+        view = sweep_view(MlflowClient(handle.store_uri), experiment)
+    except LookupError as e:
+        print(f"  warning: {e}", flush=True)
+        return
+    if view is None:
+        print("  no sweep in this store yet (make sweep): open the URL above", flush=True)
+        return
+    print(f"  sweep {view.experiment_name}: swept params and final metrics, best test accuracy first:")
+    print(f"  {view.url(handle.url)}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         print(f"MLflow {args.mode} ready in {time.monotonic() - t0:.1f} s: {handle.url}", flush=True)
         print(f"  store {redact_uri(handle.store_uri)}, artifacts {handle.artifact_root}, log {handle.log_path}")
+        if args.mode == "ui":
+            print_sweep_link(handle, args.experiment)
         if args.mode == "server":
             print(f"  point runs at it: MLFLOW_TRACKING_URI={handle.url}  (or tracking=server)")
         print("  Ctrl-C stops it", flush=True)
