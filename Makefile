@@ -16,7 +16,9 @@ DRY ?= 0
 DISTRIBUTED ?= 0
 TEST_ARGS ?=
 
-# No outbound traffic from MLflow, Ray or Hydra's plugins.
+# No outbound traffic from MLflow, Ray or Hydra's plugins. backprop_lab.env.QUIET_ENV, copied for
+# the processes that start before Python can import the package (uv, pytest's plugins, notebook
+# kernels, `mlflow` commands); tests/test_env.py keeps the two equal.
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export RAY_USAGE_STATS_ENABLED := 0

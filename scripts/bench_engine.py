@@ -27,18 +27,13 @@ import time
 import warnings
 from pathlib import Path
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "true")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from backprop_lab.core.data import load_dataset  # noqa: E402
-from backprop_lab.core.mlp import MLP  # noqa: E402
-from backprop_lab.core.optim import make_optimizer  # noqa: E402
-from backprop_lab.core.rng import make_rng  # noqa: E402
-from backprop_lab.core.train import Trainer  # noqa: E402
+from backprop_lab.core.data import load_dataset
+from backprop_lab.core.mlp import MLP
+from backprop_lab.core.optim import make_optimizer
+from backprop_lab.core.rng import make_rng
+from backprop_lab.core.train import Trainer
 
 LR = 0.1
 FULL_SIZES = [(320, 10), (20000, 512)]

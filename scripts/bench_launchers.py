@@ -25,9 +25,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts" / "ci"))
-for _k, _v in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"), ("RAY_USAGE_STATS_ENABLED", "0")):
-    os.environ.setdefault(_k, _v)
-
 from local_ray import start_local_ray  # noqa: E402
 
 from backprop_lab.serve.server import free_port, start_mlflow  # noqa: E402

@@ -23,18 +23,16 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sqlite3
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-for _k, _v in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true")):
-    os.environ.setdefault(_k, _v)
+from backprop_lab.env import set_quiet_env
 
+set_quiet_env()  # before the mlflow imports below (importing backprop_lab did it too)
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "src"))
 
 
 def _db_bytes(db: Path) -> int:

@@ -34,12 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
-TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "RAY_USAGE_STATS_ENABLED": "0"}
-for _k, _v in TELEMETRY_OFF.items():
-    os.environ.setdefault(_k, _v)
+from backprop_lab import QUIET_ENV  # (its import turned telemetry off here too)
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "src"))
 PARTS = ("floor", "imports", "cold", "peer", "store", "scale")
 
 
@@ -133,7 +130,7 @@ def _cpu_seconds() -> float:
 
 
 def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, **QUIET_ENV}
     env["PYTHONPATH"] = str(REPO / "src")
     return env
 

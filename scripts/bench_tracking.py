@@ -25,11 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-for _k, _v in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"), ("RAY_USAGE_STATS_ENABLED", "0")):
-    os.environ.setdefault(_k, _v)
+from backprop_lab import QUIET_ENV  # (its import turned telemetry off here too)
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "src"))
 
 
 def cold_sweep(tmp: Path, preset: str) -> tuple[float, list]:
@@ -40,7 +38,7 @@ def cold_sweep(tmp: Path, preset: str) -> tuple[float, list]:
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--multirun", f"+sweep={preset}",
            f"tracking.uri={uri}", f"tracking.artifact_root={tmp / 'sweep-store' / 'art'}",
            f"hydra.sweep.dir={tmp / 'sweep'}"]
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, **QUIET_ENV}
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t

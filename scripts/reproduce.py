@@ -19,16 +19,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-for _k, _v in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"),
-               ("RAY_USAGE_STATS_ENABLED", "0")):
-    os.environ.setdefault(_k, _v)
+import numpy as np
+import yaml
 
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
-
-from backprop_lab.config.schema import ConfigError, redact, validate  # noqa: E402
-from backprop_lab.tracking import client as tracking  # noqa: E402  (before mlflow: telemetry off)
-from backprop_lab.tracking.sqlite_file import check_sqlite_store  # noqa: E402
+from backprop_lab.config.schema import ConfigError, redact, validate
+from backprop_lab.tracking import client as tracking
+from backprop_lab.tracking.sqlite_file import check_sqlite_store
 
 NOT_COMPARED = ("time/",)  # wall-clock seconds differ from run to run by nature
 

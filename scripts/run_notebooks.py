@@ -22,10 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from backprop_lab import QUIET_ENV  # (and its import turned telemetry off here)
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
-TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-                 "RAY_USAGE_STATS_ENABLED": "0"}
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 DEFAULT_EXPERIMENT = re.compile(r'EXPERIMENT = .* or "([^"]+)"')
 NEEDS_SWEEP = "needs-sweep"  # cell tag: the cell reads the sweep from the store
@@ -162,7 +162,6 @@ def main(argv=None) -> int:
     parser.add_argument("--show-code", action="store_true", help="show the code cells in the HTML reports")
     args = parser.parse_args(argv)
 
-    os.environ.update(TELEMETRY_OFF)
     from nbclient.exceptions import CellExecutionError
 
     from backprop_lab import analysis
@@ -181,7 +180,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = {"BPL_TRACKING_URI": uri, "BPL_EXPERIMENT": args.experiment, "BPL_SWEEP": args.sweep,
-           **TELEMETRY_OFF}
+           **QUIET_ENV}
     failed = complete = 0
     print(f"store: {uri}")
     for path in paths:

@@ -10,20 +10,19 @@ import shlex
 import sys
 from pathlib import Path
 
-# Telemetry off before anything imports mlflow or ray (Hydra's plugin scan imports the launchers).
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "true")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
+
+# At start-up: importing backprop_lab turns telemetry off (backprop_lab/__init__.py) before
+# Hydra's plugin scan imports the launchers (Ray) or a job imports mlflow.
+from backprop_lab.config.overrides import ConfigError, check_overrides
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg):
-    from backprop_lab.tracking.run import ConfigError, UserError, job_from_hydra, run
+    from backprop_lab.tracking.run import UserError, job_from_hydra, run
 
     job = job_from_hydra(HydraConfig.get())
     try:
@@ -47,7 +46,6 @@ def precheck(argv: list[str]) -> None:
     A single run's overrides are composed once here. A multirun's values may be sweeps (a,b), so
     only its preset choice is checked here; the sweeper composes and checks every job up front.
     """
-    from backprop_lab.config.overrides import ConfigError, check_overrides
     from backprop_lab.config.schema import check_ascii
 
     try:  # every value, swept ones included: Hydra's lexer message for `０.１` is unusable
@@ -77,7 +75,7 @@ def check_single_run(config_dir: str, overrides: list[str]) -> None:
     """
     from hydra import compose, initialize_config_dir
 
-    from backprop_lab.config.schema import ConfigError, UserError, validate
+    from backprop_lab.config.schema import UserError, validate
     from backprop_lab.tracking import store
 
     try:

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backprop_lab import QUIET_ENV
+
 REPO = Path(__file__).resolve().parent.parent
 LIMIT_S = 5.0
 SECRET = "s3cret-pw"
@@ -170,7 +172,7 @@ def try_case(case: Case, timeout: float) -> Outcome:
             case.make_store(db)
         fill = {"db": str(db), "art": str(art), "dir": str(folder / "dir"), "port": str(_free_port())}
         args = [a.format(**fill) if "{" in a else a for a in case.args]
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", **case.env}
+        env = {**os.environ, **QUIET_ENV, **case.env}
         if "MLFLOW_TRACKING_URI" not in case.env:
             env.pop("MLFLOW_TRACKING_URI", None)
         before = _snapshot(folder)

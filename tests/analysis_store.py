@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from backprop_lab import QUIET_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = REPO / ".venv" / "bin" / "python"
 # The default preset shrunk to 2 inits x 2 lrs x 2 widths x 2 seeds: 16 runs, 2 seeds per cell.
@@ -46,8 +48,7 @@ def _sweep(root: Path, preset: str, grid: dict, epochs: int, *extra: str) -> Non
                f"+sweep={preset}", f"train.epochs={epochs}", *overrides, *extra,
                f"tracking.uri=sqlite:///{root / 'mlflow.db'}", f"tracking.artifact_root={root / 'art'}",
                f"hydra.sweep.dir={root / 'multirun' / preset}"]
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-           "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, **QUIET_ENV}
     env.pop("MLFLOW_TRACKING_URI", None)
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:

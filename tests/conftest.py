@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "true")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+from backprop_lab.env import QUIET_ENV, set_quiet_env
+
+set_quiet_env()  # before any test module imports mlflow (importing backprop_lab did it too)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -69,7 +69,7 @@ def train_command(root: Path, *args: str) -> list[str]:
 
 def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "MLFLOW_TRACKING_URI")}
-    env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", RAY_USAGE_STATS_ENABLED="0")
+    env.update(QUIET_ENV)
     return env
 
 

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from backprop_lab import QUIET_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_bench_engine_quick_runs_and_writes_parsable_results(tmp_path):
     out = tmp_path / "bench.json"
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    env = {**os.environ, **QUIET_ENV}
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_engine.py"), "--quick", "--repeats", "1",
                            "--json", str(out)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import clean_env
 from mlflow import MlflowClient
 
 from backprop_lab.config import schema as C
@@ -19,8 +20,7 @@ TRAIN = str(REPO / "scripts" / "train.py")
 
 @pytest.fixture(scope="session")
 def cli_env(tmp_path_factory):
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "MLFLOW_TRACKING_URI")}
-    env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", RAY_USAGE_STATS_ENABLED="0")
+    env = clean_env()
     # Byte code: .venv is installed with `uv sync --compile-bytecode` (see the Makefile).
     return env
 

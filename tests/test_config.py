@@ -66,6 +66,24 @@ def test_schema_enumerations_match_the_engine():
     assert set(C.ACTIVATIONS) <= set(layers.ACTIVATIONS)
 
 
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (CONF / "optim").glob("*.yaml")))
+def test_optimizer_yaml_repeats_the_engines_defaults(option):
+    """conf/optim/*.yaml list the defaults so that `optim.beta1=...` needs no `+`; the engine
+    (core/optim.py) owns them, and the schema reads them from there."""
+    import yaml
+
+    from backprop_lab.core import optim
+
+    given = yaml.safe_load((CONF / "optim" / f"{option}.yaml").read_text())
+    cls = optim.OPTIMIZERS[given["name"]]
+    assert {k: given[k] for k in cls.defaults if k in given} == cls.defaults
+    if "batch_size" in given:
+        assert given["batch_size"] == cls.default_batch_size
+    fields = C._OPTIM_FIELDS[given["name"]].model_fields
+    assert {k: fields[k].default for k in cls.defaults} == cls.defaults
+    assert fields["batch_size"].default == cls.default_batch_size if "batch_size" in fields else option == "gd"
+
 @pytest.mark.parametrize(
     "overrides,expected",
     [

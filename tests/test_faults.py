@@ -21,13 +21,14 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from backprop_lab import QUIET_ENV
 from backprop_lab.config import schema
 from backprop_lab.serve.store import ServeError, check_store
 from backprop_lab.tracking import client as tracking
 from backprop_lab.tracking import store as tracking_store
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+ENV = {**os.environ, **QUIET_ENV}
 ENV.pop("MLFLOW_TRACKING_URI", None)
 
 

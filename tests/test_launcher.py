@@ -21,11 +21,12 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.utils import JobStatus
 from hydra.types import HydraContext, RunMode
 
+from backprop_lab import QUIET_ENV
+
 from hydra_plugins.backprop_lab_launcher.launcher import BackpropLabLauncher, WorkerDied
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-       "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO / "src")}
+ENV = {**os.environ, **QUIET_ENV, "PYTHONPATH": str(REPO / "src")}
 
 
 @pytest.fixture

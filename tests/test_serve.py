@@ -87,7 +87,7 @@ def test_unwritable_store_gives_one_clear_line(tmp_path):
         start_mlflow("server", store_uri=f"sqlite:///{blocker / 'mlflow.db'}",
                      artifact_root=str(tmp_path / "a"), port=free_port())  # fmt: skip
     assert "store folder" in str(e.value) and "--store-uri" in str(e.value)
-    with pytest.raises(ServeError, match="artifact root .* --artifact-root"):
+    with pytest.raises(ServeError, match="artifact root: .* --artifact-root"):
         start_mlflow("server", store_uri=f"sqlite:///{tmp_path / 'm.db'}",
                      artifact_root=str(blocker / "art"), port=free_port())  # fmt: skip
 

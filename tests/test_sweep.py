@@ -19,6 +19,7 @@ import pytest
 from conftest import clean_env, train_command
 from hydra import initialize_config_dir
 
+
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 PRESETS = ("default", "seeds", "datasets", "optimizers", "deep_init")

@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backprop_lab import QUIET_ENV
+
 RAY = str(Path(sys.executable).with_name("ray"))
 MARK = "BPL_RAY_CLUSTER"
 
@@ -97,7 +99,7 @@ def start_local_ray(nodes: int = 2, cpus_per_node: int = 1, timeout: float = 300
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     base_env = {
         **os.environ, **auth, MARK: str(root),
-        "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+        **QUIET_ENV,
         # A loaded 2-core machine is slow to bring the node up: give it time instead of failing.
         "RAY_raylet_start_wait_time_s": str(int(timeout)),
         "RAY_agent_register_timeout_ms": str(int(timeout * 1000)),

@@ -14,18 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from mlflow import MlflowClient  # a notebook's telemetry is off: backprop_lab/__init__.py ran first
+from mlflow.entities import ViewType
 
 from backprop_lab.config.names import SHORT_NAMES
+from backprop_lab.env import repo_root
 
-# Before mlflow is imported: no outbound telemetry from a notebook kernel either.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "true")
-
-import pandas as pd  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import ViewType  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = repo_root()
 EXPERIMENT_PREFIX = "backprop-lab/"
 CURVE_METRICS = ("train/loss", "train/acc", "test/loss", "test/acc")
 # Run-level metrics kept as columns of load_runs; per-epoch ones live in load_histories.

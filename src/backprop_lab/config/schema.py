@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from backprop_lab.core.optim import SGD, Adam, Momentum, Optimizer
+
 DATASETS = ("blobs", "moons", "circles", "xor", "spirals")
 INIT_SCHEMES = ("he", "xavier", "xavier_uniform", "lecun", "normal", "zeros", "he_lecun_output")
 OPTIMIZERS = ("gd", "sgd", "momentum", "nesterov", "adam")
@@ -163,7 +165,7 @@ class GDConfig(_Section):
 class SGDConfig(_Section):
     name: Literal["sgd"]
     lr: PosFloat
-    batch_size: PosInt = 32
+    batch_size: PosInt = SGD.default_batch_size
     # Reshuffle the mini-batches every epoch (the "shuffle" rng stream).
     shuffle: bool = True
 
@@ -171,9 +173,9 @@ class SGDConfig(_Section):
 class MomentumConfig(_Section):
     name: Literal["momentum"]
     lr: PosFloat
-    momentum: Beta = 0.9
+    momentum: Beta = Momentum.defaults["momentum"]
     # None = full batch.
-    batch_size: PosInt | None = None
+    batch_size: PosInt | None = Optimizer.default_batch_size
     shuffle: bool = True
 
 
@@ -186,10 +188,11 @@ class NesterovConfig(MomentumConfig):
 class AdamConfig(_Section):
     name: Literal["adam"]
     lr: PosFloat
-    beta1: Beta = 0.9
-    beta2: Beta = 0.999
-    eps: PosFloat = 1e-8
-    batch_size: PosInt | None = None
+    # Defaults: core/optim.py (conf/optim/adam.yaml repeats them for Hydra; test_config checks).
+    beta1: Beta = Adam.defaults["beta1"]
+    beta2: Beta = Adam.defaults["beta2"]
+    eps: PosFloat = Adam.defaults["eps"]
+    batch_size: PosInt | None = Optimizer.default_batch_size
     shuffle: bool = True
 
 

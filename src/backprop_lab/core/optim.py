@@ -26,7 +26,9 @@ class Optimizer:
     """``init_state(params) -> state``; ``step(params, grads, state)`` updates params in place."""
 
     name = "?"
+    # Hyper-parameters beyond lr and their defaults: the one source (config/schema.py reads them).
     defaults: dict = {}
+    default_batch_size: int | None = None  # None = full batch
 
     def __init__(self, lr, batch_size=None, shuffle=True, **hparams):
         self.lr = float(lr)
@@ -58,6 +60,7 @@ class GD(Optimizer):
 
 class SGD(Optimizer):
     name = "sgd"
+    default_batch_size = 32
 
 
 class Momentum(Optimizer):
@@ -131,7 +134,7 @@ def make_optimizer(name: str, lr: float, **hparams) -> Optimizer:
                          f"{', '.join(sorted(allowed)) or 'none (gd is full batch: use sgd for mini-batches)'}")
     _check(name, "lr", lr, isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0,
            "a finite number > 0")
-    batch_size = hparams.pop("batch_size", 32 if name == "sgd" else None)
+    batch_size = hparams.pop("batch_size", cls.default_batch_size)
     _check(name, "batch_size", batch_size, batch_size is None or (
         isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool) and batch_size >= 1),
         "a positive integer or None (full batch)")

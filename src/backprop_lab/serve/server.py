@@ -33,17 +33,14 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backprop_lab.env import repo_root
 from backprop_lab.serve.store import (  # noqa: F401 - re-exported: the serve API in one place
-    QUIET_ENV, SQL_SERVER_SCHEMES, ServeError, check_store, local_dir_of, prepare_store, redact_uri,
+    SERVER_ENV, SQL_SERVER_SCHEMES, ServeError, _scrub, check_store, local_dir_of, prepare_store, redact_uri,
     store_exists,
 )
 
 MODES = ("ui", "server")
 DEFAULT_PORTS = {"ui": 5000, "server": 5001}
-def repo_root() -> Path:
-    """The checkout holding this package (editable install), else the current directory."""
-    here = Path(__file__).resolve().parents[3]
-    return here if (here / "pyproject.toml").exists() else Path.cwd()
 
 
 def default_store_uri() -> str:
@@ -222,7 +219,7 @@ def start_mlflow(
         os.close(fd)
         log_path = log_name
     log_path = Path(log_path)
-    env = {**os.environ, **QUIET_ENV}
+    env = {**os.environ, **SERVER_ENV}
     env.pop("MLFLOW_TRACKING_URI", None)  # the server's own store comes from --backend-store-uri
     cmd = build_command(mode, store_uri, artifact_root, host, port, allowed_hosts, workers)
     with open(log_path, "ab") as log:

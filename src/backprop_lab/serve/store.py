@@ -9,22 +9,17 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
 from backprop_lab.config.schema import redact
+from backprop_lab.env import QUIET_ENV, check_writable_dir
 from backprop_lab.tracking.sqlite_file import StoreError, check_sqlite_store
 
 # Database servers as backend stores (SQLAlchemy URI schemes, with or without +driver).
 SQL_SERVER_SCHEMES = ("postgresql", "mysql", "mssql")
-# Outbound look-ups off: MLflow telemetry, generic opt-out, Ray (if anything imports it).
-QUIET_ENV = {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-}
+# The server's environment: no outbound look-ups (backprop_lab.env), no job-execution workers.
+SERVER_ENV = {**QUIET_ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 class ServeError(RuntimeError):
@@ -44,12 +39,9 @@ def local_dir_of(uri: str) -> Path | None:
 
 
 def _ensure_writable_dir(path: Path, what: str, option: str) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".bpl-write-check-"):
-            pass
-    except OSError as e:
-        raise ServeError(f"{what} {path} is not writable ({e.strerror}); pass a writable {option}") from None
+    problem = check_writable_dir(path)
+    if problem is not None:
+        raise ServeError(f"{what}: {problem}; pass a writable {option}")
 
 
 def check_store(store_uri: str, artifact_root: str) -> None:
@@ -80,7 +72,7 @@ def prepare_store(store_uri: str, artifact_root: str) -> None:
     schema instead of migrating each new file. A database server (PostgreSQL, MySQL) is probed
     once, then migrated here with the artifact root. Raises ServeError with one line.
     """
-    for key, value in QUIET_ENV.items():
+    for key, value in SERVER_ENV.items():
         os.environ.setdefault(key, value)
     local = local_dir_of(artifact_root)
     if store_uri.startswith(SQL_SERVER_SCHEMES):

@@ -25,6 +25,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from backprop_lab.env import QUIET_ENV
+
 AUTH_MODES = ("token", "disabled")
 JOB_INFO_FILE = "ray_job.json"
 
@@ -40,7 +42,7 @@ class RayClusterCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ["RAY_AUTH_MODE"] = self.auth_mode
-        os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+        os.environ["RAY_USAGE_STATS_ENABLED"] = QUIET_ENV["RAY_USAGE_STATS_ENABLED"]  # even if set
         if "ray._raylet" in sys.modules:
             # Hydra's plugin scan imported Ray already; its C++ config must re-read the mode.
             from ray._raylet import Config  # noqa: PLC0415

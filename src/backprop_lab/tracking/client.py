@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, NamedTuple
 import numpy as np
 import sqlalchemy.exc
 
-# store sets the telemetry / HTTP-retry env vars before mlflow is imported.
+# store sets the HTTP-retry env vars before mlflow is imported (telemetry: backprop_lab/__init__.py).
 from backprop_lab.tracking.store import (  # noqa: F401 - re-exported: the tracking API in one place
     HEALTH_TIMEOUT_S, StoreError, check_server, file_id, prepare_store, repo_root, resolve_tracking,
     sqlite_path,

@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backprop_lab.config.schema import redact
+from backprop_lab.env import check_writable_dir, repo_root
 from backprop_lab.tracking.sqlite_file import StoreError, check_sqlite_store
 
-# Before mlflow is imported anywhere through us: no outbound telemetry, and a client that gives
-# up quickly on a dead server instead of retrying for minutes (users can still override these).
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "true")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Before mlflow is imported anywhere through us (telemetry is off already: backprop_lab/__init__.py):
+# a client that gives up quickly on a dead server instead of retrying for minutes (users can
+# still override these).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
@@ -58,15 +57,6 @@ def bound_engine_retries(attempts: int = ENGINE_ATTEMPTS) -> bool:
     db_utils.MAX_RETRY_COUNT = attempts
     return True
 
-
-
-def repo_root(start: Path | None = None) -> Path:
-    """The folder holding pyproject.toml above src/backprop_lab, else the current directory."""
-    here = Path(__file__).resolve().parent.parent  # .../src/backprop_lab
-    candidate = here.parent.parent
-    if (candidate / "pyproject.toml").is_file() and (candidate / "src" / "backprop_lab").is_dir():
-        return candidate
-    return (start or Path.cwd()).resolve()
 
 
 def resolve_tracking(rc: Any) -> tuple[str, str | None]:
@@ -247,19 +237,9 @@ def _copy_schema_template(db: Path, artifact_root: str | None) -> None:
 
 
 def _check_writable_dir(folder: Path, what: str) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"{what}: cannot create folder {folder} ({exc.strerror or exc}); "
-                         "pick a writable path") from None
-    # os.access lies for root, so really try to write.
-    probe = folder / f".bpl-write-test-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise StoreError(f"{what}: folder {folder} is not writable ({exc.strerror or exc}); "
-                         "pick a writable path") from None
+    problem = check_writable_dir(folder)
+    if problem is not None:
+        raise StoreError(f"{what}: {problem}; pick a writable path")
 
 
 def health_request(uri: str) -> urllib.request.Request:
