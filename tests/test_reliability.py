@@ -9,6 +9,7 @@ The failing job is a config that validates but cannot train: a hidden layer of 1
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 import os
 import signal
@@ -200,19 +201,24 @@ def test_same_config_is_bit_identical_across_launchers_and_reproduce_matches(tmp
     assert repro.stdout.strip().splitlines()[-1].startswith(f"MATCH: run {run_id}")
 
 
-def test_reproduce_unknown_run_one_line_nonzero_store_untouched(tmp_path):
-    # An existing store with one real run, so the unknown id is the only problem.
-    assert run_sweep(tmp_path, "train.epochs=5", "model.width=2,3").returncode == 0
-    db = tmp_path / "mlflow.db"
+def test_reproduce_unknown_run_one_line_nonzero_store_untouched(tmp_path, capsys, tiny_sweep):
+    # An existing store with real runs (the session's tiny sweep), so the unknown id is the only problem.
+    assert tiny_sweep.returncode == 0, tiny_sweep.stderr[-2000:]
+    db = tiny_sweep.root / "mlflow.db"
     digest = hashlib.sha256(db.read_bytes()).hexdigest()
-    result = _reproduce(tmp_path, "0123456789abcdef0123456789abcdef")
+    result = _reproduce(tiny_sweep.root, "0123456789abcdef0123456789abcdef")
     assert result.returncode == 2
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "run '0123456789abcdef0123456789abcdef' not found" in lines[0]
     assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
 
-    missing = _reproduce(tmp_path / "nowhere", "abc")
-    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    # A store that does not exist: the same main(), in-process (the exit code is its return value).
+    spec = importlib.util.spec_from_file_location("bpl_reproduce", REPO / "scripts" / "reproduce.py")
+    reproduce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduce)
+    assert reproduce.main(["abc", "--tracking-uri", f"sqlite:///{tmp_path / 'nowhere' / 'mlflow.db'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err, err
     assert not (tmp_path / "nowhere").exists()
 
 
