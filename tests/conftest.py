@@ -81,10 +81,11 @@ def tiny_sweep(tmp_path_factory) -> TinySweep:
     finished (lr=1.0), 4 diverged (lr=1e10), none failed. Read it; do not write into it (other
     tests share it); re-running `args` resumes it (everything skipped)."""
     root = tmp_path_factory.mktemp("tiny_sweep")
-    # n_jobs=1: the forked default launcher (dc1de25, warm start) currently loses the rows of jobs
-    # run in its workers on a fresh SQLite store (8 jobs -> 1 child stored); reported to its owner.
+    # The default (forked) launcher with two workers, as `make sweep` runs on this machine: its
+    # workers' rows once went missing from a WAL store (SQLite connections crossing the fork);
+    # test_sweep's "every child linked" counts them.
     args = ("--multirun", "+sweep=default", *TINY_GRID, f"train.epochs={TINY_EPOCHS}",
-            "hydra.launcher.n_jobs=1")
+            "hydra.launcher.n_jobs=2")
     done = subprocess.run(train_command(root, *args), cwd=root, env=clean_env(), capture_output=True,
                           text=True, timeout=900)
     return TinySweep(root, tuple(train_command(root, *args)[2:]), "backprop-lab/default",

@@ -146,6 +146,11 @@ def run_forked(run_one: Callable[[Any], JobReturn], jobs: list, n_workers: int,
     results: list[JobReturn | None] = [None] * len(jobs)
     workers: list[_Worker] = []
     engines = _sqlalchemy_engines()
+    # No SQLite connection may cross the fork (SQLite's rule): the driver's pooled connections
+    # are closed here, before the first fork, and reopened by the driver when it next needs one.
+    # With them open, workers' rows in a WAL store were lost (8-job sweep: 1 child row kept).
+    for engine in engines:
+        engine.dispose()
 
     def start() -> _Worker:
         mine, theirs = ctx.Pipe()
