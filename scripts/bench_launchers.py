@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts" / "ci"))
 from local_ray import start_local_ray  # noqa: E402
 
-from backprop_lab.serve.server import free_port, start_mlflow  # noqa: E402
+from backprop_lab.env import free_port  # noqa: E402
+from backprop_lab.serve.server import start_mlflow  # noqa: E402
 
 LAUNCHERS = {
     "basic": ["hydra/launcher=basic"],

@@ -18,7 +18,6 @@ import os
 import random
 import resource
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backprop_lab import QUIET_ENV
+from backprop_lab.env import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 LIMIT_S = 5.0
@@ -71,11 +71,6 @@ def _foreign(db: Path) -> None:
     with sqlite3.connect(db) as con:
         con.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -170,7 +165,7 @@ def try_case(case: Case, timeout: float) -> Outcome:
         db, art = folder / "mlflow.db", folder / "art"
         if case.make_store:
             case.make_store(db)
-        fill = {"db": str(db), "art": str(art), "dir": str(folder / "dir"), "port": str(_free_port())}
+        fill = {"db": str(db), "art": str(art), "dir": str(folder / "dir"), "port": str(free_port())}
         args = [a.format(**fill) if "{" in a else a for a in case.args]
         env = {**os.environ, **QUIET_ENV, **case.env}
         if "MLFLOW_TRACKING_URI" not in case.env:

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backprop_lab.serve.server import free_port
+from backprop_lab.env import free_port
 
 PG_ROOT = Path("/usr/lib/postgresql")
 PG_USER = "postgres"  # created by Debian's postgresql-common

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from backprop_lab.serve.server import free_port, start_mlflow
+from backprop_lab.env import free_port
+from backprop_lab.serve.server import start_mlflow
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts" / "ci"))

@@ -60,3 +60,14 @@ def test_check_writable_dir_creates_the_folder_or_says_why(tmp_path):
 def test_check_writable_dir_refuses_a_folder_it_cannot_write_in():
     reason = check_writable_dir(Path("/proc/sys"))  # exists; no file can be created there, even by root
     assert reason is not None and "is not writable" in reason and "/proc/sys" in reason
+
+
+def test_free_port_can_be_bound():
+    import socket
+
+    from backprop_lab.env import free_port
+
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # raises if it was taken
+    assert 0 < port < 65536

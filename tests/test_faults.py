@@ -243,7 +243,8 @@ def test_health_request_strips_credentials_into_a_basic_auth_header(monkeypatch)
 
 @pytest.mark.slow
 def test_credentialed_server_uri_works_and_never_prints_the_password(tmp_path):
-    from backprop_lab.serve.server import free_port, start_mlflow
+    from backprop_lab.env import free_port
+    from backprop_lab.serve.server import start_mlflow
 
     port = free_port()
     with start_mlflow("server", store_uri=f"sqlite:///{tmp_path / 'srv.db'}",

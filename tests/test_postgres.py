@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backprop_lab.serve.server import ServeError, _group_alive, free_port, redact_uri, start_mlflow
+from backprop_lab.env import free_port
+from backprop_lab.serve.server import ServeError, _group_alive, redact_uri, start_mlflow
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from backprop_lab.serve.server import ServeError, _group_alive, free_port, start_mlflow
+from backprop_lab.env import free_port
+from backprop_lab.serve.server import ServeError, _group_alive, start_mlflow
 
 REPO = Path(__file__).resolve().parents[1]
 

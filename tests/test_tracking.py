@@ -6,6 +6,7 @@ import time
 import pytest
 from mlflow.entities import Metric
 
+from backprop_lab.env import free_port
 from backprop_lab.tracking import client as tracking
 
 
@@ -47,14 +48,9 @@ def test_unwritable_artifact_root_fails_with_one_line(tmp_path):
     assert "artifact root" in str(info.value) and "\n" not in str(info.value)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_unreachable_server_fails_fast_naming_the_uri():
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     t = time.perf_counter()
     with pytest.raises(tracking.StoreError) as info:
         tracking.prepare_store(uri)

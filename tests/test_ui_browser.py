@@ -119,7 +119,8 @@ def sweep(workdir) -> Sweep:
 @pytest.fixture(scope="module")
 def ui(sweep, workdir):
     """`mlflow ui` over the sweep's store on a free loopback port (the code `make ui` runs)."""
-    from backprop_lab.serve.server import free_port, start_mlflow  # noqa: PLC0415
+    from backprop_lab.env import free_port
+    from backprop_lab.serve.server import start_mlflow
 
     handle = start_mlflow("ui", store_uri=sweep.store_uri, artifact_root=str(sweep.artifact_root),
                           port=free_port(), log_path=workdir / "mlflow-ui.log")  # fmt: skip

@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backprop_lab import QUIET_ENV
+from backprop_lab.env import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
 MARK = "BPL_RAY_CLUSTER"
@@ -33,11 +33,6 @@ MARK = "BPL_RAY_CLUSTER"
 def _is_zombie(proc: Path) -> bool:
     return (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -93,7 +88,7 @@ def start_local_ray(nodes: int = 2, cpus_per_node: int = 1, timeout: float = 300
     root = Path(tempfile.mkdtemp(prefix="bplray-", dir="/tmp"))
     token = root / "auth_token"
     token.write_text(secrets.token_hex(32))
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     # Explicit auth on both sides, with a token of our own: never touch ~/.ray/auth_token.
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backprop_lab.env import free_port
+
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch")
 # In a loopback-only network namespace, glibc's getaddrinfo(AI_ADDRCONFIG), which Slurm uses,
 # finds no IPv4 at all (it ignores 127.0.0.0/8): give lo one more, private, address (no route out).
@@ -40,11 +42,6 @@ def missing() -> str | None:
         return f"missing {MUNGE_KEY} (the munge package creates it)"
     return None
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _bin(name: str) -> str:
@@ -78,8 +75,8 @@ def _write_conf(root: Path, node: str, cpus: int) -> Path:
     conf.write_text(f"""# one-node test cluster made by scripts/ci/local_slurm.py
 ClusterName=bpl
 SlurmctldHost={node}(127.0.0.1)
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge

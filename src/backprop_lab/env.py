@@ -5,11 +5,13 @@
   Ray; code that starts another process passes them on (`{**os.environ, **QUIET_ENV}`).
 - `repo_root()`: the checkout holding this package, where the default store lives.
 - `check_writable_dir(folder)`: create a folder and prove a file can be written in it.
+- `free_port(host)`: a TCP port free right now (servers, clusters and tests pick theirs).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 # Outbound look-ups off: MLflow's telemetry, the generic opt-out, Ray's usage statistics.
@@ -56,3 +58,10 @@ def check_writable_dir(folder: Path) -> str | None:
     except OSError as exc:
         return f"folder {folder} is not writable ({exc.strerror or exc})"
     return None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now on `host` (another process may take it before use)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

@@ -51,13 +51,6 @@ def default_artifact_root() -> str:
     return str(repo_root() / "mlartifacts")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that is free right now on `host` (for tests and benchmarks)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
