@@ -43,8 +43,9 @@ def main(cfg):
 def precheck(argv: list[str]) -> None:
     """Hydra's composition errors (unknown option, misspelt key) as one line, before Hydra runs.
 
-    A single run's overrides are composed once here. A multirun's values may be sweeps (a,b), so
-    only its preset choice is checked here; the sweeper composes and checks every job up front.
+    A single run's overrides are composed once here. A multirun's swept values (a,b / range(..))
+    are left to the sweeper, which composes and checks every job up front; its plain overrides
+    (`init=hee`, the preset) are checked here, as Hydra composes them before any sweeper runs.
     """
     from backprop_lab.config.schema import check_ascii
 
@@ -55,7 +56,7 @@ def precheck(argv: list[str]) -> None:
         sys.exit(2)
     overrides = [a for a in argv if not a.startswith("-")]
     if len(overrides) != len(argv):  # --multirun, -m, --cfg ...
-        overrides = [a for a in overrides if a.lstrip("+").startswith("sweep=")]
+        overrides = [a for a in overrides if not _swept(a)]
         if not overrides:
             return
     try:
@@ -65,6 +66,13 @@ def precheck(argv: list[str]) -> None:
         sys.exit(2)
     if len(overrides) == len(argv):  # a single run: its values and its store, before Hydra starts
         check_single_run(str(CONF), overrides)
+
+
+def _swept(override: str) -> bool:
+    """A sweep value (`a,b`, `range(0,3)`, ...) or a Hydra setting: not composed by the precheck."""
+    key, _, value = override.lstrip("+~").partition("=")
+    sweep_fn = value.lstrip().startswith(("range(", "choice(", "glob(", "interval(", "tag("))
+    return "," in value or sweep_fn or key.startswith(("hydra.", "hydra/"))
 
 
 def check_single_run(config_dir: str, overrides: list[str]) -> None:

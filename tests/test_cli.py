@@ -87,6 +87,23 @@ def test_bad_input_one_line_nonzero_exit_store_untouched(tmp_path, capsys, train
     assert not (tmp_path / "store").exists()
 
 
+@pytest.mark.parametrize("override,expected", [
+    ("init=hee", "invalid config: init=hee: no such option (did you mean he?); valid: he"),
+    ("model.widht=3", "invalid config: model.widht=3: unknown key (did you mean model.width?)"),
+])
+def test_multirun_plain_override_checked_before_hydra(capsys, train_script, override, expected):
+    """A non-swept override of a sweep is composed by Hydra before any sweeper runs: the entry
+    point checks it first, so a typo ends in the same one line as in a single run (not Hydra's
+    15-line 'Could not find' text); swept values are left to the sweeper."""
+    with pytest.raises(SystemExit) as info:
+        train_script.precheck(["--multirun", "+sweep=default", "optim.lr=0.1,1.0", override])
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and err.startswith(expected), err
+    assert train_script._swept("optim.lr=0.1,1.0") and train_script._swept("seed=range(0,3)")
+    assert not train_script._swept("init=hee") and train_script._swept("hydra.launcher.n_jobs=2")
+
+
 @pytest.mark.slow
 def test_bad_input_through_the_real_entry_point_exits_2_in_one_line(tmp_path, cli_env):
     """One real interpreter: exit code 2, the one line on stderr, nothing on stdout, no store."""
