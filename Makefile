@@ -71,7 +71,8 @@ server: setup ## MLflow tracking server for remote workers (HOST=127.0.0.1 PORT=
 notebooks: setup ## Execute the analysis notebooks against your store; HTML in reports/
 	@$(PY) scripts/run_notebooks.py $(ARGS)
 
-lint: setup ## Check that notebooks are stored without outputs
+lint: setup ## ruff (rules in pyproject.toml) over src scripts tests, and notebooks stored without outputs
+	@$(UV) run --locked --no-sync ruff check src scripts tests
 	@$(PY) scripts/strip_notebooks.py --check
 
 bench: setup ## Engine speed: this MLP vs the notebook's loop vs scikit-learn

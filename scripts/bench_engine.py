@@ -149,8 +149,8 @@ def git_commit() -> str | None:
     """The commit the engine was timed at (figures are only comparable at the same engine code)."""
     import subprocess
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=Path(__file__).resolve().parents[1]).stdout.strip() or None
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=10, cwd=Path(__file__).resolve().parents[1]).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -221,10 +221,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, few epochs: a smoke run")
     ap.add_argument("--json", type=Path, help="also write the results to this JSON file")
-    ap.add_argument("--repeats", type=int, default=None, help="timed repeats per contestant (default 5, quick 2)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed repeats per contestant (default 5, quick 2)")
     ap.add_argument("--sizes", default="small,large", help="which sizes to run: small, large or small,large")
     ap.add_argument("--plots", action="store_true", help="time the three per-run figures instead")
-    ap.add_argument("--threads", type=int, default=None, help="limit BLAS threads (threadpoolctl); default: as is")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="limit BLAS threads (threadpoolctl); default: as is")
     args = ap.parse_args(argv)
     wanted = [s.strip() for s in args.sizes.split(",")]
     if not wanted or any(s not in TARGETS for s in wanted):
@@ -233,7 +235,7 @@ def main(argv=None) -> int:
         from threadpoolctl import threadpool_limits
         threadpool_limits(args.threads)  # stays in effect for the whole process
 
-    sizes = dict(zip(("small", "large"), QUICK_SIZES if args.quick else FULL_SIZES))
+    sizes = dict(zip(("small", "large"), QUICK_SIZES if args.quick else FULL_SIZES, strict=True))
     repeats = args.repeats or (2 if args.quick else 5)
     blas = blas_info()
     commit = git_commit()
@@ -273,7 +275,8 @@ def main(argv=None) -> int:
         print(f"  engine/sklearn  = {row['ratio_engine_sklearn']:.3f}  (target < 1: "
               f"{'met' if row['met_sklearn_target'] else 'MISSED'})", flush=True)
 
-    out = {"quick": args.quick, "threads": args.threads, "git_commit": commit, "load_avg_1min": os.getloadavg()[0],
+    out = {"quick": args.quick, "threads": args.threads, "git_commit": commit,
+           "load_avg_1min": os.getloadavg()[0],
            "python": platform.python_version(), "numpy": np.__version__,
            "cpu_count": os.cpu_count(), "blas": blas, "results": results}
     if args.json:

@@ -23,12 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts" / "ci"))
-from local_ray import start_local_ray  # noqa: E402
+from backprop_lab.env import free_port
+from backprop_lab.serve.server import start_mlflow
 
-from backprop_lab.env import free_port  # noqa: E402
-from backprop_lab.serve.server import start_mlflow  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts" / "ci"))  # scripts/ci is not a package
+from local_ray import start_local_ray  # noqa: E402 - needs the sys.path entry above
 
 LAUNCHERS = {
     "basic": ["hydra/launcher=basic"],
@@ -43,7 +43,7 @@ def sweep(name: str, launcher_args: list[str], n_jobs: int, epochs: int, env: di
     experiment = "bench/" + name.split()[0]
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--multirun", "+sweep=default",
            *launcher_args, f"seed={seeds}", "init=he", "model.width=16", "optim.lr=0.1",
-           f"train.epochs={epochs}", f"experiment_name={experiment}"]  # fmt: skip
+           f"train.epochs={epochs}", f"experiment_name={experiment}"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -55,13 +55,13 @@ def sweep(name: str, launcher_args: list[str], n_jobs: int, epochs: int, env: di
 def bench(args: argparse.Namespace) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="bpl-bench-"))
     results: dict = {"jobs": args.jobs, "epochs": args.epochs, "cpus": os.cpu_count(),
-                     "loadavg_1m_at_start": round(os.getloadavg()[0], 2)}  # fmt: skip
+                     "loadavg_1m_at_start": round(os.getloadavg()[0], 2)}
     server = cluster = None
     try:
         t0 = time.perf_counter()
         server = start_mlflow("server", store_uri=f"sqlite:///{tmp / 'mlflow.db'}",
                               artifact_root=str(tmp / "mlartifacts"), port=free_port(),
-                              log_path=tmp / "server.log")  # fmt: skip
+                              log_path=tmp / "server.log")
         results["server_start_s"] = round(time.perf_counter() - t0, 1)
         cluster = start_local_ray(2)
         results["ray_cluster_start_s"] = round(cluster.start_seconds, 1)
@@ -69,7 +69,8 @@ def bench(args: argparse.Namespace) -> dict:
         for name, launcher_args in LAUNCHERS.items():
             if name in args.skip:
                 continue
-            results[f"sweep_s[{name}]"] = round(sweep(name, launcher_args, args.jobs, args.epochs, env, tmp), 1)
+            seconds = sweep(name, launcher_args, args.jobs, args.epochs, env, tmp)
+            results[f"sweep_s[{name}]"] = round(seconds, 1)
             print(f"  {name:12s} {results[f'sweep_s[{name}]']:6.1f} s", flush=True)
     finally:
         if cluster is not None:
@@ -87,10 +88,11 @@ def main() -> int:
     p.add_argument("--skip", nargs="*", default=[], choices=list(LAUNCHERS), help="launchers to leave out")
     p.add_argument("--no-netns", action="store_true", help="do not re-run inside `unshare --net`")
     args = p.parse_args()
-    if not args.no_netns and os.geteuid() == 0 and os.environ.get("BPL_IN_NETNS") != "1" and shutil.which("unshare"):
+    if (not args.no_netns and os.geteuid() == 0 and os.environ.get("BPL_IN_NETNS") != "1"
+            and shutil.which("unshare")):
         script = 'ip link set lo up && exec "$0" "$@"'
         cmd = ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--", "sh", "-c", script,
-               sys.executable, *sys.argv]  # fmt: skip
+               sys.executable, *sys.argv]
         return subprocess.run(cmd, env={**os.environ, "BPL_IN_NETNS": "1"}).returncode
     print(f"bench_launchers: {args.jobs} jobs x {args.epochs} epochs, "
           f"{'loopback-only netns' if os.environ.get('BPL_IN_NETNS') == '1' else 'host network'}", flush=True)

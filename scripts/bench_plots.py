@@ -21,13 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from backprop_lab.figures import plots
-from backprop_lab.figures import render
 from backprop_lab.core.data import load_dataset
 from backprop_lab.core.mlp import MLP
 from backprop_lab.core.optim import make_optimizer
 from backprop_lab.core.rng import make_rng
 from backprop_lab.core.train import train
+from backprop_lab.figures import plots, render
 
 
 def _saved(fig) -> bytes:
@@ -75,7 +74,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=30, help="timed calls per path (default 30)")
     ap.add_argument("--blas-threads", type=int, default=None,
-                    help="limit BLAS threads with threadpoolctl (the grid prediction is one 40000-row matmul)")
+                    help="limit BLAS threads with threadpoolctl "
+                         "(the grid prediction is one 40000-row matmul)")
     ap.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = ap.parse_args(argv)
     if args.blas_threads is not None:

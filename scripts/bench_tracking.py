@@ -60,7 +60,7 @@ def subset_batched(tmp: Path, configs: list) -> list[float]:
     from backprop_lab.tracking import run as experiment
 
     out = []
-    for i, cfg in enumerate(configs):
+    for cfg in configs:
         cfg = {**cfg, "force": True,
                "tracking": {"uri": f"sqlite:///{tmp / 'batched' / 'mlflow.db'}",
                             "artifact_root": str(tmp / "batched" / "art")}}
@@ -74,13 +74,13 @@ def subset_naive(tmp: Path, configs: list) -> list[float]:
     """Same compute, then one MLflow call per value (params, metrics, figures)."""
     import mlflow
 
-    from backprop_lab.core import compute
-    from backprop_lab.figures import plots
-    from backprop_lab.tracking import client as tracking
     from backprop_lab.config.schema import flatten, validate
+    from backprop_lab.core import compute
     from backprop_lab.core.data import load_dataset
     from backprop_lab.core.mlp import MLP
     from backprop_lab.core.rng import make_rng
+    from backprop_lab.figures import plots
+    from backprop_lab.tracking import client as tracking
 
     uri = f"sqlite:///{tmp / 'naive' / 'mlflow.db'}"
     art = str(tmp / "naive" / "art")
@@ -91,7 +91,8 @@ def subset_naive(tmp: Path, configs: list) -> list[float]:
     for cfg in configs:
         rc = validate(cfg)
         ds = load_dataset(rc.data.name, rng=make_rng(rc.seed, "data"), dtype=rc.train.dtype,
-                          n_samples=rc.data.n_samples, noise=rc.data.noise, test_fraction=rc.data.test_fraction)
+                          n_samples=rc.data.n_samples, noise=rc.data.noise,
+                          test_fraction=rc.data.test_fraction)
         model = MLP(rc.model.layer_sizes(2), activation=rc.model.activation)
         outcome = compute.compute(rc, ds, model)
         t = time.perf_counter()
@@ -101,7 +102,7 @@ def subset_naive(tmp: Path, configs: list) -> list[float]:
             steps = outcome.history["epoch"]
             for key, values in outcome.history.items():
                 if key != "epoch":
-                    for step, v in zip(steps, values):
+                    for step, v in zip(steps, values, strict=True):
                         mlflow.log_metric(key, float(v), step=int(step))
             for key, v in outcome.scalars.items():
                 mlflow.log_metric(key, float(v))
@@ -122,7 +123,8 @@ def main() -> None:
     args = ap.parse_args()
     if not (REPO / "conf" / "sweep" / f"{args.preset}.yaml").is_file():
         sys.exit(f"bench: no sweep preset {args.preset!r} in conf/sweep/")
-    if os.environ.get("PYTHONDONTWRITEBYTECODE") and not list(Path(importlib.util.find_spec("mlflow").origin).parent.glob("__pycache__/*.pyc")):
+    mlflow_dir = Path(importlib.util.find_spec("mlflow").origin).parent
+    if os.environ.get("PYTHONDONTWRITEBYTECODE") and not list(mlflow_dir.glob("__pycache__/*.pyc")):
         print("note: PYTHONDONTWRITEBYTECODE is set and mlflow has no compiled byte code: "
               "the cold interpreter recompiles every import (make setup installs with --compile-bytecode)")
 
@@ -135,19 +137,20 @@ def main() -> None:
     print(f"cold sweep +sweep={args.preset}: {len(runs)} runs in {wall:.1f} s wall; "
           f"compute (train + gradcheck) {compute:.1f} s; budget 3 x compute + 5 = {3 * compute + 5:.1f} s")
     print(f"per-run tracking overhead (wall - compute): median {med:.3f} s, "
-          f"max {max(overhead):.3f} s; MLflow start->end minus compute: median {statistics.median(recorded):.3f} s")
+          f"max {max(overhead):.3f} s; MLflow start->end minus compute: "
+          f"median {statistics.median(recorded):.3f} s")
     ok = {"overhead <= 0.15 s/run": med <= 0.15, "sweep <= 3 x compute + 5 s": wall <= 3 * compute + 5}
 
     if not args.skip_naive:
         import yaml
-
         from mlflow import MlflowClient
 
         client = MlflowClient(f"sqlite:///{tmp / 'sweep-store' / 'mlflow.db'}")
         runs.sort(key=lambda r: r.info.start_time)
         configs = []
         for r in runs[: args.subset]:
-            path = client.download_artifacts(r.info.run_id, "config/config.yaml", str(tmp / "cfg" / r.info.run_id))
+            path = client.download_artifacts(r.info.run_id, "config/config.yaml",
+                                             str(tmp / "cfg" / r.info.run_id))
             configs.append(yaml.safe_load(open(path)))
         batched = subset_batched(tmp, configs)
         naive = subset_naive(tmp, configs)

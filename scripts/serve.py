@@ -41,9 +41,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--artifact-root", default=os.environ.get("ARTIFACT_ROOT") or default_artifact_root())
     p.add_argument("--host", default=os.environ.get("HOST") or "127.0.0.1")
     p.add_argument("--port", type=int, default=int(os.environ["PORT"]) if os.environ.get("PORT") else None,
-                   help=f"default {DEFAULT_PORTS}")  # fmt: skip
+                   help=f"default {DEFAULT_PORTS}")
     p.add_argument("--allowed-hosts", default=os.environ.get("ALLOWED_HOSTS") or None,
-                   help="Host headers MLflow accepts, needed with a non-loopback --host")  # fmt: skip
+                   help="Host headers MLflow accepts, needed with a non-loopback --host")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for /health")
     p.add_argument("--log", default=None, help="MLflow's own log file (default: a temp file)")
     p.add_argument("--experiment", default=os.environ.get("EXPERIMENT") or None,
@@ -87,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         handle = start_mlflow(
             args.mode, store_uri=args.store_uri, artifact_root=args.artifact_root, host=args.host,
             port=args.port, allowed_hosts=args.allowed_hosts, timeout=args.timeout, log_path=args.log,
-        )  # fmt: skip
+        )
         print(f"MLflow {args.mode} ready in {time.monotonic() - t0:.1f} s: {handle.url}", flush=True)
-        print(f"  store {redact_uri(handle.store_uri)}, artifacts {handle.artifact_root}, log {handle.log_path}")
+        print(f"  store {redact_uri(handle.store_uri)}, artifacts {handle.artifact_root}, "
+              f"log {handle.log_path}")
         if args.mode == "ui":
             print_sweep_link(handle, args.experiment)
         if args.mode == "server":
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         print("  Ctrl-C stops it", flush=True)
         while handle.alive():
             time.sleep(0.5)
-        print(f"error: mlflow exited with code {handle.proc.returncode} (log: {handle.log_path})", file=sys.stderr)
+        print(f"error: mlflow exited with code {handle.proc.returncode} (log: {handle.log_path})",
+              file=sys.stderr)
         return 1
     except ServeError as e:
         print(f"error: {e}", file=sys.stderr)

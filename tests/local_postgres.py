@@ -36,7 +36,8 @@ DB_USER = DB_NAME = "mlflow"
 
 def pg_bindir() -> Path | None:
     """The newest /usr/lib/postgresql/<ver>/bin holding initdb and postgres, else None."""
-    found = [d / "bin" for d in PG_ROOT.glob("*") if (d / "bin" / "initdb").exists() and (d / "bin" / "postgres").exists()]
+    found = [d / "bin" for d in PG_ROOT.glob("*")
+             if (d / "bin" / "initdb").exists() and (d / "bin" / "postgres").exists()]
     return max(found, key=lambda b: int(b.parent.name) if b.parent.name.isdigit() else 0) if found else None
 
 
@@ -70,10 +71,10 @@ class LocalPostgres:
         return f"postgresql+psycopg2://{DB_USER}:{self.password}@127.0.0.1:{self.port}/{DB_NAME}"
 
     def connect(self, dbname: str = DB_NAME):
-        import psycopg2  # noqa: PLC0415 - optional dependency
+        import psycopg2
 
         return psycopg2.connect(host="127.0.0.1", port=self.port, user=DB_USER, password=self.password,
-                                dbname=dbname, connect_timeout=5)  # fmt: skip
+                                dbname=dbname, connect_timeout=5)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -123,7 +124,7 @@ def start_local_postgres(folder: Path, timeout: float = 60.0) -> LocalPostgres:
             [str(bindir / "initdb"), "-D", str(data), "-U", DB_USER, f"--pwfile={pwfile}", "--encoding=UTF8",
              "--locale=C.UTF-8", "--auth-host=scram-sha-256", "--auth-local=trust", "--no-sync"],
             env=env, cwd=root, capture_output=True, text=True, check=True, timeout=120, **user_kw,
-        )  # fmt: skip
+        )
     except subprocess.CalledProcessError as e:
         if as_root:
             shutil.rmtree(root, ignore_errors=True)
@@ -134,13 +135,13 @@ def start_local_postgres(folder: Path, timeout: float = 60.0) -> LocalPostgres:
         "listen_addresses": "127.0.0.1", "port": str(port), "unix_socket_directories": str(sock),
         "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",  # throw-away data
         "max_connections": "50", "shared_buffers": "32MB",
-    }  # fmt: skip
+    }
     cmd = [str(bindir / "postgres"), "-D", str(data)]
     for key, value in settings.items():
         cmd += ["-c", f"{key}={value}"]
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, env=env, cwd=root, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, **user_kw)  # fmt: skip
+        proc = subprocess.Popen(cmd, env=env, cwd=root, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, **user_kw)
     pg = LocalPostgres(root, port, password, proc, log_path, owns_root=as_root)
     try:
         _wait_ready(pg, timeout)
@@ -156,7 +157,7 @@ def start_local_postgres(folder: Path, timeout: float = 60.0) -> LocalPostgres:
 
 
 def _wait_ready(pg: LocalPostgres, timeout: float) -> None:
-    import psycopg2  # noqa: PLC0415
+    import psycopg2
 
     deadline = time.monotonic() + timeout
     while True:

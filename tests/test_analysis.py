@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from mlflow import MlflowClient
+
 from analysis_store import (
     DEEP_DEPTH,
     DEEP_GRID,
@@ -13,8 +15,6 @@ from analysis_store import (
     grid_size,
     tiny_store,
 )
-from mlflow import MlflowClient
-
 from backprop_lab import analysis
 
 DEFAULT = "backprop-lab/default"

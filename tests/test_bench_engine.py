@@ -17,8 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 def test_bench_engine_quick_runs_and_writes_parsable_results(tmp_path):
     out = tmp_path / "bench.json"
     env = {**os.environ, **QUIET_ENV}
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_engine.py"), "--quick", "--repeats", "1",
-                           "--json", str(out)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    cmd = [sys.executable, str(REPO / "scripts" / "bench_engine.py"), "--quick", "--repeats", "1",
+           "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "engine/notebook =" in proc.stdout and "engine/sklearn  =" in proc.stdout
     data = json.loads(out.read_text())

@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import clean_env
 from mlflow import MlflowClient
 
 from backprop_lab.config import schema as C
 from backprop_lab.config.overrides import check_overrides
+from conftest import clean_env
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = str(REPO / "scripts" / "train.py")

@@ -55,10 +55,7 @@ def test_defaults_reproduce_the_notebook():
 
 
 def test_schema_enumerations_match_the_engine():
-    from backprop_lab.core import data
-    from backprop_lab.core import initializers
-    from backprop_lab.core import layers
-    from backprop_lab.core import optim
+    from backprop_lab.core import data, initializers, layers, optim
 
     assert set(C.DATASETS) == set(data.DATASETS)
     assert set(C.INIT_SCHEMES) == set(initializers.INIT_SCHEMES)
@@ -82,7 +79,10 @@ def test_optimizer_yaml_repeats_the_engines_defaults(option):
         assert given["batch_size"] == cls.default_batch_size
     fields = C._OPTIM_FIELDS[given["name"]].model_fields
     assert {k: fields[k].default for k in cls.defaults} == cls.defaults
-    assert fields["batch_size"].default == cls.default_batch_size if "batch_size" in fields else option == "gd"
+    if "batch_size" in fields:
+        assert fields["batch_size"].default == cls.default_batch_size
+    else:
+        assert option == "gd"
 
 @pytest.mark.parametrize(
     "overrides,expected",
@@ -98,7 +98,8 @@ def test_optimizer_yaml_repeats_the_engines_defaults(option):
         (["optim.name=foo"], "invalid config: optim.name=foo: must be one of: gd, sgd"),
         (["data.name=foo"], "invalid config: data.name=foo: must be one of: blobs, moons"),
         (["model.activation=gelu"], "invalid config: model.activation=gelu: must be one of: relu"),
-        (["+optim.lrr=0.1"], "invalid config: optim.lrr=0.1: unknown key (misspelt?); valid keys here: name, lr"),
+        (["+optim.lrr=0.1"],
+         "invalid config: optim.lrr=0.1: unknown key (misspelt?); valid keys here: name, lr"),
         (["data.test_fraction=1.5"], "invalid config: data.test_fraction=1.5: must be in (0, 1)"),
         (["data.test_fraction=0"], "invalid config: data.test_fraction=0: must be in (0, 1)"),
         (["train.epochs=0"], "invalid config: train.epochs=0: must be >= 1"),
@@ -106,7 +107,8 @@ def test_optimizer_yaml_repeats_the_engines_defaults(option):
         (["gradcheck.mode=half"], "invalid config: gradcheck.mode=half: must be one of: auto, full"),
         (["seed=-3"], "invalid config: seed=-3: must be >= 0"),
         (["optim=adam", "optim.beta1=1.0"], "invalid config: optim.beta1=1.0: must be in [0, 1)"),
-        (["tracking.uri=./mlruns"], "invalid config: tracking.uri=./mlruns: must be sqlite:///<path> or http"),
+        (["tracking.uri=./mlruns"],
+         "invalid config: tracking.uri=./mlruns: must be sqlite:///<path> or http"),
         (["data.n_samples=4", "data.test_fraction=0.1"], "leaves an empty train or test split"),
     ],
 )

@@ -22,11 +22,10 @@ import pytest
 
 from backprop_lab.env import free_port
 from backprop_lab.serve.server import start_mlflow
+from local_ray import start_local_ray  # scripts/ci: on pytest's pythonpath (pyproject.toml)
+from local_slurm import NETNS_EXTRA_ADDR, missing, start_local_slurm
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts" / "ci"))
-from local_ray import start_local_ray  # noqa: E402
-from local_slurm import NETNS_EXTRA_ADDR, missing, start_local_slurm  # noqa: E402
 
 IN_NETNS = os.environ.get("BPL_IN_NETNS") == "1"
 # The launcher-config tests at the end need no cluster and run in every `make test`.
@@ -42,9 +41,10 @@ def run_in_loopback_netns(test_id: str, basetemp: Path) -> subprocess.CompletedP
               'exec "$0" -m pytest -q -x -p no:cacheprovider "$1" --basetemp "$2"')
     env = {**os.environ, "BPL_IN_NETNS": "1", "BPL_DISTRIBUTED": "1"}
     return subprocess.run(
-        ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--", "sh", "-c", script, sys.executable, f"{__file__}::{test_id}", str(basetemp)],
+        ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--", "sh", "-c", script, sys.executable,
+         f"{__file__}::{test_id}", str(basetemp)],
         env=env, capture_output=True, text=True, timeout=1200, cwd=REPO,
-    )  # fmt: skip
+    )
 
 
 def api(url: str, endpoint: str, **params) -> dict:
@@ -54,9 +54,10 @@ def api(url: str, endpoint: str, **params) -> dict:
 
 
 def search_runs(url: str, experiment_id: str, filter_string: str) -> list[dict]:
-    body = json.dumps({"experiment_ids": [experiment_id], "filter": filter_string, "max_results": 100}).encode()
+    query = {"experiment_ids": [experiment_id], "filter": filter_string, "max_results": 100}
+    body = json.dumps(query).encode()
     req = urllib.request.Request(f"{url}/api/2.0/mlflow/runs/search", data=body,
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
+                                 headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read()).get("runs", [])
 
@@ -72,7 +73,7 @@ def test_ray_sweep_on_two_nodes_lands_in_the_tracking_server(tmp_path):
         if shutil.which("unshare") is None or os.geteuid() != 0:
             pytest.skip("needs root and `unshare` (util-linux) for a loopback-only network namespace")
         proc = run_in_loopback_netns("test_ray_sweep_on_two_nodes_lands_in_the_tracking_server",
-                                     tmp_path / "netns")  # fmt: skip
+                                     tmp_path / "netns")
         assert proc.returncode == 0, f"inner test failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
         assert " passed" in proc.stdout
         return
@@ -87,7 +88,7 @@ def _body(tmp_path: Path) -> None:
     with ThreadPoolExecutor(2) as pool:  # the server and the cluster start in parallel
         server_f = pool.submit(start_mlflow, "server", store_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
                                artifact_root=str(tmp_path / "mlartifacts"), port=free_port(),
-                               log_path=tmp_path / "server.log")  # fmt: skip
+                               log_path=tmp_path / "server.log")
         # Workers inherit `ray start`'s environment: a wrong tracking URI there must not win
         # over the sweep's (the launcher config sends the sweep's in runtime_env).
         wrong = f"sqlite:///{tmp_path / 'wrong.db'}"
@@ -127,7 +128,7 @@ def _sweep_and_check(tmp_path: Path, url: str, cluster) -> None:
     env = {**os.environ, **cluster.env, "MLFLOW_TRACKING_URI": url}
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--multirun", "+sweep=default",
            "hydra/launcher=ray_cluster", "seed=0,1,2,3", "init=he", "model.width=4", "optim.lr=0.1",
-           "train.epochs=30"]  # fmt: skip
+           "train.epochs=30"]
     # Four seeds = four datasets: jobs that start together with the SAME dataset currently race in
     # MLflow's log_inputs (UNIQUE constraint on datasets), a pipeline issue reported separately.
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
@@ -150,7 +151,8 @@ def _sweep_and_check(tmp_path: Path, url: str, cluster) -> None:
     assert len(parents) == 1
     parent = parents[0]
     assert parent["info"]["status"] == "FINISHED"
-    children = search_runs(url, exp["experiment_id"], f"tags.`mlflow.parentRunId` = '{parent['info']['run_id']}'")
+    children = search_runs(url, exp["experiment_id"],
+                           f"tags.`mlflow.parentRunId` = '{parent['info']['run_id']}'")
     assert len(children) == 4
     for child in children:
         assert child["info"]["status"] == "FINISHED"
@@ -184,7 +186,7 @@ def test_slurm_sweep_on_a_one_node_cluster(tmp_path):
         cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--multirun", "+sweep=default",
                "hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.mem_gb=1",
                "hydra.launcher.timeout_min=5", "seed=0,1,2,3", "init=he", "model.width=4",
-               "optim.lr=0.1", "train.epochs=30", f"hydra.sweep.dir={tmp_path / 'multirun'}"]  # fmt: skip
+               "optim.lr=0.1", "train.epochs=30", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
         proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         # submitit really went through Slurm: one log folder per array task with a Slurm job id.
@@ -193,7 +195,7 @@ def test_slurm_sweep_on_a_one_node_cluster(tmp_path):
         cluster.stop()
     assert all(p.poll() is not None for p in cluster.procs)
 
-    from mlflow.tracking import MlflowClient  # noqa: PLC0415 - after the sweep, not at collection
+    from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=store)
     exp = client.get_experiment_by_name("backprop-lab/default")
@@ -210,8 +212,8 @@ def test_slurm_sweep_on_a_one_node_cluster(tmp_path):
 
 
 def compose_hydra(*overrides: str):
-    from hydra import compose, initialize_config_dir  # noqa: PLC0415
-    from hydra.core.utils import setup_globals  # noqa: PLC0415
+    from hydra import compose, initialize_config_dir
+    from hydra.core.utils import setup_globals
 
     setup_globals()  # the ${now:} resolver
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -219,7 +221,7 @@ def compose_hydra(*overrides: str):
 
 
 def test_ray_cluster_config_handles_the_known_traps(monkeypatch):
-    from omegaconf import OmegaConf  # noqa: PLC0415
+    from omegaconf import OmegaConf
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("RAY_ADDRESS", "10.1.2.3:6379")
@@ -234,7 +236,8 @@ def test_ray_cluster_config_handles_the_known_traps(monkeypatch):
     env_vars = init["runtime_env"]["env_vars"]
     assert all(isinstance(v, str) for v in env_vars.values()), "Ray wants strings"
     assert env_vars["MLFLOW_TRACKING_URI"] == "" and env_vars["RAY_USAGE_STATS_ENABLED"] == "0"
-    assert OmegaConf.to_container(ray_cfg.remote) == {"num_cpus": 1, "max_retries": 0, "scheduling_strategy": "SPREAD"}
+    assert OmegaConf.to_container(ray_cfg.remote) == {"num_cpus": 1, "max_retries": 0,
+                                                      "scheduling_strategy": "SPREAD"}
     sweep_dir = cfg.hydra.sweep.dir
     assert os.path.isabs(sweep_dir) and sweep_dir.startswith(os.getcwd()), sweep_dir
     assert cfg.hydra.callbacks.ray_cluster._target_ == "backprop_lab.sweep.cluster.RayClusterCallback"
@@ -242,7 +245,7 @@ def test_ray_cluster_config_handles_the_known_traps(monkeypatch):
 
 
 def test_ray_cluster_callback_sets_the_driver_auth_mode_and_refuses_unknown_modes(monkeypatch):
-    from backprop_lab.sweep.cluster import RayClusterCallback  # noqa: PLC0415
+    from backprop_lab.sweep.cluster import RayClusterCallback
 
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "1")
@@ -256,8 +259,8 @@ def test_ray_cluster_callback_sets_the_driver_auth_mode_and_refuses_unknown_mode
 
 def test_slurm_config_extends_submitit_with_overridable_settings(monkeypatch):
     monkeypatch.delenv("SLURM_PARTITION", raising=False)
-    cfg = compose_hydra("hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=7",
-                        "hydra.launcher.cpus_per_task=4")  # fmt: skip
+    cfg = compose_hydra("hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                        "hydra.launcher.timeout_min=7", "hydra.launcher.cpus_per_task=4")
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("hydra_submitit_launcher.submitit_launcher.SlurmLauncher")
     assert (launcher.partition, launcher.timeout_min, launcher.cpus_per_task) == ("gpu", 7, 4)

@@ -31,7 +31,8 @@ def hydra_ctx():
 @pytest.fixture()
 def make_cfg(tmp_path, hydra_ctx):
     def make(*overrides):
-        store = [f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"tracking.artifact_root={tmp_path / 'art'}"]
+        store = [f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                 f"tracking.artifact_root={tmp_path / 'art'}"]
         return compose("config", overrides=[*store, f"train.epochs={EPOCHS}", *overrides])
     return make
 
@@ -75,8 +76,8 @@ def test_single_run_logs_every_contracted_name(make_cfg, tmp_path, capsys):
         history = client.get_metric_history(summary.run_id, key)
         assert sorted(m.step for m in history) == list(range(EPOCHS)), key
     metrics = run.data.metrics
-    for key in ("final/train_loss", "final/train_acc", "final/test_loss", "final/test_acc", "final/epochs_run",
-                "time/train_s", "time/gradcheck_s", "time/total_s", "time/wall_s"):
+    for key in ("final/train_loss", "final/train_acc", "final/test_loss", "final/test_acc",
+                "final/epochs_run", "time/train_s", "time/gradcheck_s", "time/total_s", "time/wall_s"):
         assert key in metrics, key
     assert metrics["final/epochs_run"] == EPOCHS
     for when in ("init", "trained"):

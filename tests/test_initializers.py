@@ -12,13 +12,13 @@ SIZES = (400, 900, 700)  # W1 hidden (400 x 900), W2 output (900 x 700): both la
 @pytest.mark.parametrize("scheme", [s for s in INIT_SCHEMES if s != "zeros"])
 def test_empirical_std_matches_formula(scheme):
     params = init_params(SIZES, scheme, make_rng(0, "init"), std=0.05)
-    for l, (fan_in, fan_out) in enumerate(zip(SIZES[:-1], SIZES[1:]), start=1):
-        W = params[f"W{l}"]
-        expected = EXPECTED_STD[scheme](fan_in, fan_out, l == len(SIZES) - 1, 0.05)
+    for layer, (fan_in, fan_out) in enumerate(zip(SIZES[:-1], SIZES[1:], strict=True), start=1):
+        W = params[f"W{layer}"]
+        expected = EXPECTED_STD[scheme](fan_in, fan_out, layer == len(SIZES) - 1, 0.05)
         assert W.shape == (fan_in, fan_out)
-        assert W.std() == pytest.approx(expected, rel=0.02), (scheme, l)
+        assert W.std() == pytest.approx(expected, rel=0.02), (scheme, layer)
         assert abs(W.mean()) < 0.01 * expected
-        np.testing.assert_array_equal(params[f"b{l}"], np.zeros(fan_out))
+        np.testing.assert_array_equal(params[f"b{layer}"], np.zeros(fan_out))
 
 
 def test_formulas_written_out():

@@ -22,7 +22,6 @@ from hydra.core.utils import JobStatus
 from hydra.types import HydraContext, RunMode
 
 from backprop_lab import QUIET_ENV
-
 from hydra_plugins.backprop_lab_launcher.launcher import BackpropLabLauncher, WorkerDied
 
 REPO = Path(__file__).resolve().parents[1]

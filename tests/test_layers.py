@@ -78,7 +78,9 @@ def test_linear_backward_matches_central_differences():
     out, cache = layers.linear_forward(x, W, b)
     assert out.shape == (5, 4)
     dx, dW, db = layers.linear_backward(G, cache)
-    loss = lambda: float(np.sum(layers.linear_forward(x, W, b)[0] * G))  # noqa: E731
+    def loss():
+        return float(np.sum(layers.linear_forward(x, W, b)[0] * G))
+
     np.testing.assert_allclose(dx, numeric_grad(loss, x), rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(dW, numeric_grad(loss, W), rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(db, numeric_grad(loss, b), rtol=1e-7, atol=1e-9)

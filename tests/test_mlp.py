@@ -94,8 +94,8 @@ def test_fused_path_equals_plain_path(act, dtype, block_bytes, monkeypatch):
         assert grads2[k].dtype == dtype
         np.testing.assert_allclose(grads2[k], grads[k], rtol=tol, atol=tol * 1e-2, err_msg=k)
     np.testing.assert_allclose(ws.logits, model.forward(params, X)[0], rtol=tol, atol=tol)
-    for l, A in enumerate(_hidden_activations(model, params, X), start=1):
-        np.testing.assert_allclose(ws.unit_max[l], A.max(axis=0), rtol=tol, atol=tol)
+    for layer, A in enumerate(_hidden_activations(model, params, X), start=1):
+        np.testing.assert_allclose(ws.unit_max[layer], A.max(axis=0), rtol=tol, atol=tol)
     # The same call again is bit-identical (buffers are reused, not accumulated into).
     loss3, grads3 = model.loss_and_grads(params, X, y, ws)
     assert loss3 == loss2

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from analysis_store import DEEP_DEPTH, DEEP_GRID, DEFAULT_GRID, DIVERGING_LR, tiny_store
 from mlflow import MlflowClient
+
+import run_notebooks  # scripts/: on pytest's pythonpath (pyproject.toml)
+from analysis_store import DEEP_DEPTH, DEEP_GRID, DEFAULT_GRID, DIVERGING_LR, tiny_store
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
-sys.path.insert(0, str(REPO / "scripts"))
-import run_notebooks  # noqa: E402  (scripts/ is not a package)
 
 # notebook -> minimum number of figures its executed copy must hold
 EXPECTED_FIGURES = {"01-sweep-overview.ipynb": 3, "02-initialization-study.ipynb": 2,

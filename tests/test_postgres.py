@@ -24,10 +24,9 @@ import pytest
 
 from backprop_lab.env import free_port
 from backprop_lab.serve.server import ServeError, _group_alive, redact_uri, start_mlflow
+from local_postgres import DB_NAME, DB_USER, missing, start_local_postgres
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_postgres import DB_NAME, DB_USER, missing, start_local_postgres  # noqa: E402
 
 MISSING = missing()
 EPOCHS = 5
@@ -42,7 +41,7 @@ def start_cli_server(store_uri: str, artifacts: Path, log: Path) -> tuple[subpro
          "--log", str(log), "--timeout", "90"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
-    )  # fmt: skip
+    )
     lines = []
     for line in proc.stdout:  # ends when serve.py exits (its own --timeout bounds the wait)
         lines.append(line)
@@ -89,14 +88,14 @@ def test_documented_postgres_server_tracks_a_real_sweep(tmp_path, monkeypatch):
 def _sweep(tmp_path: Path, url: str) -> None:
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--multirun", "+sweep=default", "seed=0,1",
            "init=he", "model.width=4", "optim.lr=0.1", f"train.epochs={EPOCHS}", f"tracking.uri={url}",
-           f"hydra.sweep.dir={tmp_path / 'multirun'}"]  # fmt: skip
+           f"hydra.sweep.dir={tmp_path / 'multirun'}"]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 def _check_through_the_server(tmp_path: Path, url: str) -> None:
-    from mlflow.tracking import MlflowClient  # noqa: PLC0415 - slow import, after the skip
+    from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=url)
     # The Default experiment got the artifact root (serve.py), not the server's <cwd>/mlruns.
@@ -136,7 +135,7 @@ def _check_in_postgres(pg, monkeypatch) -> None:
         assert cur.fetchone()[0] == 3
         cur.execute("SELECT count(*) FROM metrics WHERE key = 'train/loss'")
         assert cur.fetchone()[0] == 2 * EPOCHS
-    from mlflow.tracking import MlflowClient  # noqa: PLC0415
+    from mlflow.tracking import MlflowClient
 
     monkeypatch.setenv("PGPASSWORD", pg.password)
     direct = MlflowClient(tracking_uri=f"postgresql+psycopg2://{DB_USER}@127.0.0.1:{pg.port}/{DB_NAME}")

@@ -16,13 +16,12 @@ import pytest
 from matplotlib.image import imread
 from PIL import Image
 
-from backprop_lab.figures import plots
-from backprop_lab.figures import render
 from backprop_lab.core.data import load_dataset
 from backprop_lab.core.mlp import MLP
 from backprop_lab.core.optim import make_optimizer
 from backprop_lab.core.rng import make_rng
 from backprop_lab.core.train import train
+from backprop_lab.figures import plots, render
 
 TOL = 6 / 255
 
@@ -112,7 +111,8 @@ def test_cached_boundary_does_not_keep_the_previous_contour(moons, trained):
 
 def _history(n_epochs, scale=1.0, rate=100.0):
     e = np.arange(n_epochs)
-    return {"epoch": e, "train/loss": scale * np.exp(-e / rate), "test/loss": scale * np.exp(-e / (1.2 * rate)),
+    return {"epoch": e, "train/loss": scale * np.exp(-e / rate),
+            "test/loss": scale * np.exp(-e / (1.2 * rate)),
             "train/acc": 1 - 0.5 * np.exp(-e / rate), "test/acc": 0.95 - 0.45 * np.exp(-e / rate)}
 
 

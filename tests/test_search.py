@@ -247,7 +247,6 @@ def _notebook_text(nb) -> str:
 
 @pytest.mark.slow
 def test_notebook_04_says_what_is_missing_then_compares_search_and_grid(searched):
-    sys.path.insert(0, str(REPO / "scripts"))
     import run_notebooks
 
     store = searched[0]

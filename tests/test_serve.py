@@ -24,7 +24,7 @@ def api(url: str, endpoint: str, payload: dict | None = None) -> dict:
     """One MLflow REST call (POST with a JSON body, or GET)."""
     data = None if payload is None else json.dumps(payload).encode()
     req = urllib.request.Request(f"{url}/api/2.0/mlflow/{endpoint}", data=data,
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
+                                 headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read() or b"{}")
 
@@ -47,7 +47,7 @@ def test_ui_starts_answers_the_api_and_stops_without_leftovers(tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     art = tmp_path / "mlartifacts"
     handle = start_mlflow("ui", store_uri=store, artifact_root=str(art), port=free_port(),
-                          log_path=tmp_path / "ui.log")  # fmt: skip
+                          log_path=tmp_path / "ui.log")
     try:
         with urllib.request.urlopen(f"{handle.url}/health", timeout=10) as r:
             assert r.status == 200
@@ -58,7 +58,7 @@ def test_ui_starts_answers_the_api_and_stops_without_leftovers(tmp_path):
         run = api(handle.url, "runs/create", {"experiment_id": exp_id, "run_name": "r"})["run"]
         run_id = run["info"]["run_id"]
         api(handle.url, "runs/log-metric",
-            {"run_id": run_id, "key": "test/acc", "value": 0.75, "timestamp": 0, "step": 0})  # fmt: skip
+            {"run_id": run_id, "key": "test/acc", "value": 0.75, "timestamp": 0, "step": 0})
         got = api(handle.url, f"runs/get?run_id={run_id}")["run"]["data"]["metrics"]
         assert [(m["key"], m["value"]) for m in got] == [("test/acc", 0.75)]
     finally:
@@ -75,7 +75,7 @@ def test_busy_port_gives_one_clear_line(tmp_path):
         port = s.getsockname()[1]
         with pytest.raises(ServeError) as e:
             start_mlflow("ui", store_uri=f"sqlite:///{tmp_path / 'm.db'}",
-                         artifact_root=str(tmp_path / "a"), port=port)  # fmt: skip
+                         artifact_root=str(tmp_path / "a"), port=port)
     msg = str(e.value)
     assert f"port {port}" in msg and "--port" in msg and "\n" not in msg
     assert not (tmp_path / "m.db").exists(), "nothing is written when the port is busy"
@@ -86,11 +86,11 @@ def test_unwritable_store_gives_one_clear_line(tmp_path):
     blocker.write_text("a file where a folder should be")
     with pytest.raises(ServeError) as e:
         start_mlflow("server", store_uri=f"sqlite:///{blocker / 'mlflow.db'}",
-                     artifact_root=str(tmp_path / "a"), port=free_port())  # fmt: skip
+                     artifact_root=str(tmp_path / "a"), port=free_port())
     assert "store folder" in str(e.value) and "--store-uri" in str(e.value)
     with pytest.raises(ServeError, match="artifact root: .* --artifact-root"):
         start_mlflow("server", store_uri=f"sqlite:///{tmp_path / 'm.db'}",
-                     artifact_root=str(blocker / "art"), port=free_port())  # fmt: skip
+                     artifact_root=str(blocker / "art"), port=free_port())
 
 
 def test_other_interfaces_need_allowed_hosts_and_bad_mode_is_named(tmp_path):
@@ -109,9 +109,10 @@ def test_cli_error_is_one_line_and_exit_code_nonzero(tmp_path):
             [sys.executable, str(REPO / "scripts" / "serve.py"), "ui", "--port", str(port),
              "--store-uri", f"sqlite:///{tmp_path / 'm.db'}", "--artifact-root", str(tmp_path / "a")],
             capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        )
     assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and f"port {port} on 127.0.0.1 is already in use" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
+    assert f"port {port} on 127.0.0.1 is already in use" in proc.stderr
 
 
 @pytest.mark.slow
@@ -123,7 +124,7 @@ def test_cli_server_prints_url_and_sigterm_stops_the_whole_group(tmp_path):
          "--store-uri", f"sqlite:///{tmp_path / 'm.db'}", "--artifact-root", str(tmp_path / "a"),
          "--log", str(tmp_path / "server.log")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
-    )  # fmt: skip
+    )
     lines = []
     try:
         deadline = time.monotonic() + 150

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import clean_env, train_command
 from hydra import initialize_config_dir
 
+from conftest import clean_env, train_command
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

@@ -4,7 +4,6 @@ import socket
 import time
 
 import pytest
-from mlflow.entities import Metric
 
 from backprop_lab.env import free_port
 from backprop_lab.tracking import client as tracking
@@ -162,9 +161,9 @@ def test_environment_tags_name_versions_and_git():
 
 
 def _log_same_dataset(uri, experiment_id, barrier, out):
-    from backprop_lab.tracking import client as tracking
     from backprop_lab.core.data import load_dataset
     from backprop_lab.core.rng import make_rng
+    from backprop_lab.tracking import client as tracking
 
     client = tracking.MlflowClient(uri)
     run_id = client.create_run(experiment_id).info.run_id
@@ -201,7 +200,8 @@ def test_parallel_runs_logging_the_same_dataset_do_not_collide(tmp_path):
         for run_id, _ in results:
             inputs = client.get_run(run_id).inputs.dataset_inputs
             assert [d.dataset.name for d in inputs] == ["blobs"]
-        assert len({d.dataset.digest for r, _ in results for d in client.get_run(r).inputs.dataset_inputs}) == 1
+        digests = {d.dataset.digest for r, _ in results for d in client.get_run(r).inputs.dataset_inputs}
+        assert len(digests) == 1
 
 
 def test_log_history_async_writes_the_same_rows(store):

@@ -154,7 +154,8 @@ def test_trainer_epoch_matches_train():
     d = load_dataset("moons", rng=make_rng(0, "data"))
     model = MLP((2, 16, 1))
     params = model.init_params("he", make_rng(0, "init"))
-    tr = Trainer(model, {k: v.copy() for k, v in params.items()}, make_optimizer("gd", 0.1), d.X_train, d.y_train)
+    tr = Trainer(model, {k: v.copy() for k, v in params.items()}, make_optimizer("gd", 0.1),
+                 d.X_train, d.y_train)
     losses = [tr.epoch() for _ in range(20)]
     r = train(model, params, d, make_optimizer("gd", 0.1), epochs=20, rng=make_rng(0, "shuffle"))
     np.testing.assert_array_equal(losses, r.history["train/loss"])

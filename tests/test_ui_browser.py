@@ -91,12 +91,13 @@ def sweep(workdir) -> Sweep:
         sys.executable, "scripts/train.py", "--multirun", *SWEEP_OVERRIDES,
         f"tracking.uri={store_uri}", f"tracking.artifact_root={artifact_root}",
         f"hydra.sweep.dir={workdir / 'multirun'}",
-    ]  # fmt: skip
+    ]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"sweep failed ({' '.join(cmd)}):\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, (f"sweep failed ({' '.join(cmd)}):\n{done.stdout[-2000:]}\n"
+                                  f"{done.stderr[-3000:]}")
 
-    from mlflow.tracking import MlflowClient  # noqa: PLC0415 - slow import, only when the test runs
+    from mlflow.tracking import MlflowClient
 
     client = MlflowClient(store_uri)
     experiment = client.get_experiment_by_name("backprop-lab/default")
@@ -109,11 +110,11 @@ def sweep(workdir) -> Sweep:
         Child(r.info.run_id, r.info.run_name, r.data.params, r.data.metrics,
               Path(unquote(urlparse(r.info.artifact_uri).path)))
         for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
-    ]  # fmt: skip
+    ]
     assert len(children) == 4, f"expected 4 children, got {[c.name for c in children]}"
     note = parent.data.tags.get("mlflow.note.content", "")
     return Sweep(store_uri, artifact_root, experiment.experiment_id, parent.info.run_name, note,
-                 sorted(children, key=lambda c: c.name))  # fmt: skip
+                 sorted(children, key=lambda c: c.name))
 
 
 @pytest.fixture(scope="module")
@@ -123,14 +124,14 @@ def ui(sweep, workdir):
     from backprop_lab.serve.server import start_mlflow
 
     handle = start_mlflow("ui", store_uri=sweep.store_uri, artifact_root=str(sweep.artifact_root),
-                          port=free_port(), log_path=workdir / "mlflow-ui.log")  # fmt: skip
+                          port=free_port(), log_path=workdir / "mlflow-ui.log")
     yield handle
     handle.stop()
 
 
 @pytest.fixture(scope="module")
 def browser(workdir):
-    from playwright.sync_api import sync_playwright  # noqa: PLC0415
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         context = launch(playwright, workdir / "chromium-profile")

@@ -47,7 +47,7 @@ def launch(playwright, user_data_dir: Path, timeout_ms: int = 60_000):
     context = playwright.chromium.launch_persistent_context(
         str(user_data_dir), executable_path=str(CHROMIUM), headless=True,
         args=LAUNCH_ARGS, viewport=VIEWPORT,
-    )  # fmt: skip
+    )
     context.set_default_timeout(timeout_ms)
     context.add_init_script(ML_MODE_SCRIPT)
     context.requested_urls = []

@@ -58,7 +58,7 @@ class LocalRay:
                     continue
                 if (os.readlink(proc / "cwd").startswith(str(self.root))
                         or needle in (proc / "environ").read_bytes()
-                        or needle in (proc / "cmdline").read_bytes()):  # fmt: skip
+                        or needle in (proc / "cmdline").read_bytes()):
                     found.append(int(proc.name))
             except (OSError, ValueError):
                 pass
@@ -99,21 +99,21 @@ def start_local_ray(nodes: int = 2, cpus_per_node: int = 1, timeout: float = 300
         "RAY_raylet_start_wait_time_s": str(int(timeout)),
         "RAY_agent_register_timeout_ms": str(int(timeout * 1000)),
         **(extra_env or {}),
-    }  # fmt: skip
+    }
     common = [
         "--node-ip-address=127.0.0.1", f"--num-cpus={cpus_per_node}", "--num-gpus=0",
         "--disable-usage-stats", f"--temp-dir={root / 'ray'}", "--object-store-memory=80000000",
-    ]  # fmt: skip
+    ]
     cluster = LocalRay(root, address, {**auth, "RAY_ADDRESS": address})
     t0 = time.monotonic()
     try:
         for i in range(nodes):
             name = "head" if i == 0 else f"node{i}"
             args = (["--head", f"--port={port}", "--include-dashboard=false"] if i == 0
-                    else [f"--address={address}"])  # fmt: skip
+                    else [f"--address={address}"])
             env = {**base_env, "BPL_NODE": name}  # jobs can tell which node they ran on
             proc = subprocess.run([RAY, "start", *args, *common, f"--node-name={name}"], env=env,
-                                  capture_output=True, text=True, timeout=timeout, cwd=root)  # fmt: skip
+                                  capture_output=True, text=True, timeout=timeout, cwd=root)
             if proc.returncode != 0:
                 tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
                 raise RuntimeError(f"`ray start` ({name}) failed: " + " | ".join(tail))
@@ -133,7 +133,7 @@ def _wait_for_nodes(cluster: LocalRay, nodes: int, timeout: float) -> None:
     out = ""
     while time.monotonic() < deadline:
         proc = subprocess.run([RAY, "status", f"--address={cluster.address}"], env=env,
-                              capture_output=True, text=True, timeout=timeout)  # fmt: skip
+                              capture_output=True, text=True, timeout=timeout)
         out = proc.stdout
         active = out.split("Active:")[-1].split("Pending:")[0] if "Active:" in out else ""
         if active.count("node_") >= nodes:
@@ -150,7 +150,7 @@ def main() -> int:
     cluster = start_local_ray(args.nodes, args.cpus_per_node)
     try:
         print(f"Ray cluster up in {cluster.start_seconds:.1f} s ({len(cluster.node_names)} nodes); "
-              "for a driver:")  # fmt: skip
+              "for a driver:")
         for k, v in cluster.env.items():
             print(f"  export {k}={v}")
         print("Ctrl-C stops it", flush=True)

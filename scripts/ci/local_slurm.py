@@ -122,15 +122,15 @@ def start_local_slurm(cpus: int = 2, timeout: float = 90.0) -> LocalSlurm:
     try:
         munge = [_bin("munged"), "-F", "--force", f"--socket={root}/munge.sock", f"--key-file={MUNGE_KEY}",
                  f"--pid-file={root}/munge/munged.pid", f"--log-file={root}/munge/munged.log",
-                 f"--seed-file={root}/munge/munged.seed"]  # fmt: skip
+                 f"--seed-file={root}/munge/munged.seed"]
         for cmd, ready in ((munge, root / "munge.sock"),
                            ([_bin("slurmctld"), "-D", "-i", "-f", str(conf)], None),
-                           ([_bin("slurmd"), "-D", "-N", node, "-f", str(conf)], None)):  # fmt: skip
+                           ([_bin("slurmd"), "-D", "-N", node, "-f", str(conf)], None)):
             log = open(root / f"{Path(cmd[0]).name}.out", "wb")
             cluster.procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                                  stdin=subprocess.DEVNULL, cwd=root))  # fmt: skip
+                                                  stdin=subprocess.DEVNULL, cwd=root))
             if ready is not None:
-                _wait(lambda: ready.exists(), timeout, f"munged socket {ready}", cluster)
+                _wait(ready.exists, timeout, f"munged socket {ready}", cluster)
         _wait(lambda: _node_idle(env), timeout, "slurmd to register as idle", cluster)
     except BaseException:
         cluster.stop()
@@ -149,7 +149,7 @@ def _wait(check, timeout: float, what: str, cluster: LocalSlurm) -> None:
     while time.monotonic() < deadline:
         if not cluster.alive():
             logs = " | ".join(p.read_text(errors="replace").strip().splitlines()[-1]
-                              for p in cluster.root.glob("*.out") if p.read_text(errors="replace").strip())  # fmt: skip
+                              for p in cluster.root.glob("*.out") if p.read_text(errors="replace").strip())
             raise RuntimeError(f"local Slurm: a daemon exited while waiting for {what}: {logs}")
         if check():
             return

@@ -45,7 +45,7 @@ def plot_curves(ax, histories: pd.DataFrame, runs: pd.DataFrame, metric: str = "
 
     data = histories[histories["metric"] == metric].merge(runs[["run_id", hue]], on="run_id")
     levels = sorted(runs[hue].dropna().unique().tolist())
-    colours = dict(zip(levels, mpl.colormaps["tab10"].colors))
+    colours = dict(zip(levels, mpl.colormaps["tab10"].colors, strict=False))  # tab10: 10 at most
     for level in levels:
         for i, (_, curve) in enumerate(data[data[hue] == level].groupby("run_id")):
             ax.plot(curve["epoch"], curve["value"], color=colours[level], lw=1, alpha=0.8,

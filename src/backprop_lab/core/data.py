@@ -108,7 +108,8 @@ def load_dataset(name: str, *, rng: np.random.Generator, dtype=np.float64, **par
     n, noise, frac = p["n_samples"], p["noise"], p["test_fraction"]
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 4:
         raise ValueError(f"dataset {name!r}: n_samples={n!r} is invalid; must be an integer >= 4")
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
+    if (isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise)
+            or noise < 0):
         raise ValueError(f"dataset {name!r}: noise={noise!r} is invalid; must be a finite number >= 0")
     n_test = round(frac * n) if isinstance(frac, (int, float)) and not isinstance(frac, bool) else -1
     if not (0 < frac < 1) or not (1 <= n_test <= n - 1):

@@ -155,7 +155,8 @@ def check_gradients(model, params, X, y, *, h=1e-6, mode="full", n_directions=32
         raise ValueError(f"gradcheck n_directions={n_directions!r} is not valid; "
                          "use a positive integer such as 32")
     if not threshold > 0:
-        raise ValueError(f"gradcheck threshold={threshold!r} is not valid; use a positive number such as 1e-6")
+        raise ValueError(f"gradcheck threshold={threshold!r} is not valid; "
+                         "use a positive number such as 1e-6")
     start = time.perf_counter()
     p64 = {k: np.array(v, dtype=np.float64, copy=True) for k, v in params.items()}
     X64 = np.asarray(X, dtype=np.float64)
@@ -225,7 +226,7 @@ class _KinkProbe:
     def crossed(self, params) -> bool:
         if not self.active:
             return False
-        return any(not np.array_equal(a, b) for a, b in zip(self.base, self._pattern(params)))
+        return any(not np.array_equal(a, b) for a, b in zip(self.base, self._pattern(params), strict=True))
 
 
 def _check_full(model, params, X, y, name, grad, h, threshold, probe, floor) -> ParamCheck:
@@ -264,7 +265,7 @@ def _check_directional(model, params, X, y, names, grads, h, threshold, probe, f
         f = []
         for sign in (1.0, -1.0):
             offset = 0
-            for k, size in zip(names, sizes):
+            for k, size in zip(names, sizes, strict=True):
                 params[k][...] = originals[k] + sign * h * d[offset:offset + size].reshape(
                     params[k].shape)
                 offset += size

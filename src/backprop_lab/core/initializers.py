@@ -2,15 +2,15 @@
 
 For a layer with ``W: (fan_in, fan_out)``:
 
-| scheme            | distribution of every W entry                                   | note                          |
-|-------------------|-----------------------------------------------------------------|-------------------------------|
-| ``he``            | Normal(0, std = sqrt(2 / fan_in))                                | He et al. 2015, for ReLU      |
-| ``xavier``        | Normal(0, std = sqrt(2 / (fan_in + fan_out)))                     | Glorot & Bengio 2010, normal  |
-| ``xavier_uniform``| Uniform(-a, a), a = sqrt(6 / (fan_in + fan_out))                  | same variance as ``xavier``   |
-| ``lecun``         | Normal(0, std = sqrt(1 / fan_in))                                 | LeCun 1998, for tanh/SELU     |
-| ``normal``        | Normal(0, std) with a fixed ``std`` (default 0.01)                | stalls deep nets: on purpose  |
-| ``zeros``         | 0                                                                 | symmetry never breaks         |
-| ``he_lecun_output``| hidden layers ``he``, output layer Normal(0, sqrt(1 / fan_in))   | the seed notebook's mix       |
+| scheme              | distribution of every W entry                      | note                         |
+|---------------------|----------------------------------------------------|------------------------------|
+| ``he``              | Normal(0, std = sqrt(2 / fan_in))                  | He et al. 2015, for ReLU     |
+| ``xavier``          | Normal(0, std = sqrt(2 / (fan_in + fan_out)))      | Glorot & Bengio 2010, normal |
+| ``xavier_uniform``  | Uniform(-a, a), a = sqrt(6 / (fan_in + fan_out))   | same variance as ``xavier``  |
+| ``lecun``           | Normal(0, std = sqrt(1 / fan_in))                  | LeCun 1998, for tanh/SELU    |
+| ``normal``          | Normal(0, std) with a fixed ``std`` (default 0.01) | stalls deep nets: on purpose |
+| ``zeros``           | 0                                                  | symmetry never breaks        |
+| ``he_lecun_output`` | hidden ``he``, output Normal(0, sqrt(1 / fan_in))  | the seed notebook's mix      |
 
 The notebook called its output scaling "Xavier"; sqrt(1/fan_in) is LeCun's, hence the name.
 Draws are made in float64 layer by layer (W1, W2, ...) and then cast, so a float32 model starts

@@ -43,7 +43,7 @@ class Workspace:
     (H_l,)`` = the largest activation of every hidden unit over the batch.
     """
 
-    def __init__(self, model: "MLP", n: int, dtype=np.float64, rows: int | None = None):
+    def __init__(self, model: MLP, n: int, dtype=np.float64, rows: int | None = None):
         self.n, self.dtype = int(n), np.dtype(dtype)
         sizes = model.layer_sizes
         widest = max(sizes[1:-1], default=1)

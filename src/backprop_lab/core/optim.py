@@ -1,13 +1,13 @@
 """Optimizers: one small in-place update rule each, state kept per parameter name.
 
-| name       | update for every parameter p with gradient g                              | defaults            |
-|------------|---------------------------------------------------------------------------|---------------------|
-| ``gd``     | p -= lr * g   (full batch, like the seed notebook)                         |                     |
-| ``sgd``    | p -= lr * g   on shuffled mini-batches                                     | batch_size=32       |
-| ``momentum``| v = mu * v - lr * g;  p += v   (classical / heavy ball)                    | momentum=0.9        |
-| ``nesterov``| v = mu * v - lr * g;  p += mu * v - lr * g   (Sutskever et al. 2013)       | momentum=0.9        |
-| ``adam``   | m = b1 m + (1-b1) g; s = b2 s + (1-b2) g^2; t += 1;                        | beta1=0.9,          |
-|            | p -= lr * (m / (1-b1^t)) / (sqrt(s / (1-b2^t)) + eps)                      | beta2=0.999, eps=1e-8|
+| name         | update for every parameter p with gradient g                 | defaults              |
+|--------------|--------------------------------------------------------------|-----------------------|
+| ``gd``       | p -= lr * g   (full batch, like the seed notebook)           |                       |
+| ``sgd``      | p -= lr * g   on shuffled mini-batches                       | batch_size=32         |
+| ``momentum`` | v = mu * v - lr * g;  p += v   (classical / heavy ball)      | momentum=0.9          |
+| ``nesterov`` | v = mu * v - lr * g;  p += mu * v - lr * g  (Sutskever 2013) | momentum=0.9          |
+| ``adam``     | m = b1 m + (1-b1) g; s = b2 s + (1-b2) g^2; t += 1;          | beta1=0.9,            |
+|              | p -= lr * (m / (1-b1^t)) / (sqrt(s / (1-b2^t)) + eps)        | beta2=0.999, eps=1e-8 |
 
 Every optimizer except ``gd`` accepts ``batch_size`` (None = full batch; ``sgd`` defaults to
 32, the others to full batch) and ``shuffle`` (default True: reshuffle every epoch with the
@@ -130,9 +130,10 @@ def make_optimizer(name: str, lr: float, **hparams) -> Optimizer:
     allowed = set(cls.defaults) | ({"batch_size", "shuffle"} if name != "gd" else set())
     unknown = sorted(set(hparams) - allowed)
     if unknown:
-        raise ValueError(f"optimizer {name!r}: unknown hyperparameter {unknown[0]!r}; valid: "
-                         f"{', '.join(sorted(allowed)) or 'none (gd is full batch: use sgd for mini-batches)'}")
-    _check(name, "lr", lr, isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0,
+        valid = ", ".join(sorted(allowed)) or "none (gd is full batch: use sgd for mini-batches)"
+        raise ValueError(f"optimizer {name!r}: unknown hyperparameter {unknown[0]!r}; valid: {valid}")
+    _check(name, "lr", lr,
+           isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0,
            "a finite number > 0")
     batch_size = hparams.pop("batch_size", cls.default_batch_size)
     _check(name, "batch_size", batch_size, batch_size is None or (

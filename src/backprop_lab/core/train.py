@@ -215,7 +215,8 @@ def train(model, params, dataset, optimizer, *, epochs, rng, log_every=1, callba
             if is_log:
                 for k in W_names:
                     w = _norm(W_before[k])
-                    du = _norm(np.subtract(params[k], W_before[k], out=W_before[k]))  # buffer now holds the update
+                    # The buffer holds the update from here on.
+                    du = _norm(np.subtract(params[k], W_before[k], out=W_before[k]))
                     m[f"update_ratio/{k}"] = 0.0 if du == 0 else du / max(w, _TINY)
                 if not all(math.isfinite(v) for v in m.values()):  # only near float64's limit
                     status, diverged_epoch = "diverged", epoch

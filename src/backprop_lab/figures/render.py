@@ -222,7 +222,7 @@ class _CurvesLayout:
     def render(self, history) -> bytes:
         epoch = np.asarray(history["epoch"])
         for ln, (metric, split) in zip(self.lines, [(m, s) for m in ("loss", "acc")
-                                                    for s in ("train", "test")]):
+                                                    for s in ("train", "test")], strict=True):
             ln.set_data(epoch, np.asarray(history[f"{split}/{metric}"]))
         # What a fresh figure's autoscaling would do. Only the loss axes: the epoch range (the
         # cache key) fixes both x ranges and the accuracy axes has a fixed y range.

@@ -35,7 +35,14 @@ from pathlib import Path
 
 from backprop_lab.env import repo_root
 from backprop_lab.serve.store import (  # noqa: F401 - re-exported: the serve API in one place
-    SERVER_ENV, SQL_SERVER_SCHEMES, ServeError, _scrub, check_store, local_dir_of, prepare_store, redact_uri,
+    SERVER_ENV,
+    SQL_SERVER_SCHEMES,
+    ServeError,
+    _scrub,
+    check_store,
+    local_dir_of,
+    prepare_store,
+    redact_uri,
     store_exists,
 )
 
@@ -151,7 +158,7 @@ def build_command(mode, store_uri, artifact_root, host, port, allowed_hosts, wor
         "--backend-store-uri", store_uri,
         "--host", host, "--port", str(port), "--workers", str(workers),
         "--serve-artifacts", "--artifacts-destination", destination,
-    ]  # fmt: skip
+    ]
     if mode == "ui":
         # New experiments made in the UI keep a local location that SQLite clients can write.
         cmd += ["--default-artifact-root", destination]
@@ -219,7 +226,7 @@ def start_mlflow(
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             env=env, start_new_session=True,
-        )  # fmt: skip
+        )
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     handle = MlflowProcess(mode, f"http://{shown_host}:{port}", proc, log_path, store_uri, artifact_root)
     try:
@@ -228,6 +235,7 @@ def start_mlflow(
         handle.stop()
         if isinstance(e, ServeError):
             last = handle.log_tail(1).strip()
-            raise ServeError(_scrub(f"{e}; last log line: {last or '(empty)'} (log: {log_path})", store_uri)) from None
+            message = f"{e}; last log line: {last or '(empty)'} (log: {log_path})"
+            raise ServeError(_scrub(message, store_uri)) from None
         raise
     return handle

@@ -78,8 +78,8 @@ def prepare_store(store_uri: str, artifact_root: str) -> None:
     if store_uri.startswith(SQL_SERVER_SCHEMES):
         _prepare_sql_server_store(store_uri, local.as_uri() if local is not None else artifact_root)
         return
-    from backprop_lab.tracking.store import StoreError  # noqa: PLC0415 - imports mlflow: slow
-    from backprop_lab.tracking.store import prepare_store as prepare_tracking_store  # noqa: PLC0415
+    from backprop_lab.tracking.store import StoreError
+    from backprop_lab.tracking.store import prepare_store as prepare_tracking_store
 
     try:
         prepare_tracking_store(store_uri, str(local) if local is not None else artifact_root)
@@ -108,7 +108,7 @@ def _prepare_sql_server_store(store_uri: str, artifact_root: str) -> None:
     migrated one) and gives the Default experiment `<artifact_root>/0`, not `<cwd>/mlruns/0`.
     """
     shown = redact_uri(store_uri)
-    import sqlalchemy  # noqa: PLC0415 - mlflow's dependency; slow import
+    import sqlalchemy
 
     try:
         timeout = {} if store_uri.startswith("mssql") else {"connect_timeout": 10}  # psycopg2, pymysql
@@ -118,10 +118,10 @@ def _prepare_sql_server_store(store_uri: str, artifact_root: str) -> None:
         engine.dispose()
     except ModuleNotFoundError as e:
         raise ServeError(f"--store-uri {shown} needs the {e.name} driver in this environment "
-                         f"(PostgreSQL: pip install psycopg2-binary)") from None  # fmt: skip
+                         f"(PostgreSQL: pip install psycopg2-binary)") from None
     except Exception as e:  # sqlalchemy / driver errors: bad host, password, database name
         raise ServeError(f"store {shown} cannot be opened: {_scrub(_first_line(e), store_uri)}") from None
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # noqa: PLC0415
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     try:
         SqlAlchemyStore(store_uri, artifact_root).engine.dispose()  # MLflow's server reconnects

@@ -45,7 +45,7 @@ class RayClusterCallback(Callback):
         os.environ["RAY_USAGE_STATS_ENABLED"] = QUIET_ENV["RAY_USAGE_STATS_ENABLED"]  # even if set
         if "ray._raylet" in sys.modules:
             # Hydra's plugin scan imported Ray already; its C++ config must re-read the mode.
-            from ray._raylet import Config  # noqa: PLC0415
+            from ray._raylet import Config
 
             Config.initialize("")
 
@@ -68,6 +68,6 @@ class RayClusterCallback(Callback):
 def _ray_node_id() -> str | None:
     if "ray" not in sys.modules:  # not under Ray (basic or joblib launcher)
         return None
-    import ray  # noqa: PLC0415
+    import ray
 
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None

@@ -18,22 +18,27 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
+import mlflow
 import numpy as np
 import sqlalchemy.exc
+from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
-# store sets the HTTP-retry env vars before mlflow is imported (telemetry: backprop_lab/__init__.py).
 from backprop_lab.tracking.store import (  # noqa: F401 - re-exported: the tracking API in one place
-    HEALTH_TIMEOUT_S, StoreError, check_server, file_id, prepare_store, repo_root, resolve_tracking,
+    HEALTH_TIMEOUT_S,
+    StoreError,
+    check_server,
+    file_id,
+    prepare_store,
+    repo_root,
+    resolve_tracking,
     sqlite_path,
 )
-
-import mlflow  # noqa: E402
-from mlflow.entities import Metric, Param, Run, RunTag  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402, F401
-from mlflow.tracking import MlflowClient  # noqa: E402
 
 PARAM_CHUNK = 100  # MLflow's log_batch limit for params
 METRIC_CHUNK = 1000  # ... and for metrics
@@ -138,7 +143,7 @@ def metric_batch(key_steps_values: Iterable[tuple[str, Iterable[int], Iterable[f
     """[(key, steps, values), ...] -> Metric list; non-finite values are dropped (diverged runs)."""
     out: list[Metric] = []
     for key, steps, values in key_steps_values:
-        for step, value in zip(steps, values):
+        for step, value in zip(steps, values, strict=True):
             v = float(value)
             if math.isfinite(v):
                 out.append(Metric(key, round_sig(v), timestamp_ms, int(step)))
@@ -324,7 +329,7 @@ def log_dataset(client: MlflowClient, run_id: str, X, y, *, name: str, context: 
             time.sleep(0.2 * (attempt + 1))
 
 
-def _LOCAL_SOURCE():  # noqa: N802 - a tiny factory
+def _LOCAL_SOURCE():
     # Generated in memory from the seed: no file or URL to point at.
     from mlflow.data.code_dataset_source import CodeDatasetSource
 

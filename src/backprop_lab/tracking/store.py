@@ -23,9 +23,8 @@ from backprop_lab.config.schema import redact
 from backprop_lab.env import check_writable_dir, repo_root
 from backprop_lab.tracking.sqlite_file import StoreError, check_sqlite_store
 
-# Before mlflow is imported anywhere through us (telemetry is off already: backprop_lab/__init__.py):
-# a client that gives up quickly on a dead server instead of retrying for minutes (users can
-# still override these).
+# A client that gives up quickly on a dead server instead of retrying for minutes (users can
+# still override these; MLflow reads them at each request, so any time before the first one works).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
@@ -176,7 +175,7 @@ def _sqlite_sync_normal() -> None:
     from sqlalchemy.engine import Engine
 
     @event.listens_for(Engine, "connect")
-    def _on_connect(dbapi_connection, _record) -> None:  # noqa: ANN001 - SQLAlchemy's hook
+    def _on_connect(dbapi_connection, _record) -> None:
         if isinstance(dbapi_connection, sqlite3.Connection):
             mode = dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0]
             if str(mode).lower() == "wal":  # DELETE mode with NORMAL could corrupt on power loss
