@@ -59,6 +59,14 @@ def without_sweep(nb, missing: str):
     return dropped
 
 
+# What a kernel would otherwise write to stderr on every `make notebooks`: MLflow's artifact
+# download progress bars, and tqdm's "IProgress not found" warning (mlflow imports tqdm.auto,
+# which warns in a Jupyter kernel without ipywidgets; the message prefix is matched, so the
+# filter needs no import at interpreter start-up).
+KERNEL_QUIET = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+                "PYTHONWARNINGS": "ignore:IProgress not found"}
+
+
 def execute(path: Path, env: dict[str, str], timeout: int = 600, missing: str | None = None):
     """Run every cell of notebook `path` in a fresh python3 kernel with `env` added to os.environ.
 
@@ -75,6 +83,7 @@ def execute(path: Path, env: dict[str, str], timeout: int = 600, missing: str | 
     nb = nbformat.read(path, as_version=4)
     if missing:
         without_sweep(nb, missing)
+    env = {**KERNEL_QUIET, **env}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
