@@ -88,7 +88,14 @@ def _lease(client: Any, experiment_id: str, experiment_name: str) -> Iterator[No
     if current is not None and current[0] != token:
         raise SweepBusy(_busy(experiment_name, current[2], f"lease tag {LEASE_TAG}, expires in "
                               f"{current[1] - time.time():.0f} s"))
-    write()
+    try:
+        write()
+    except Exception as exc:
+        # Two sweeps inserting the tag at the same instant: the store's unique key on
+        # (experiment, tag) lets one in and fails the other, which is exactly "busy".
+        if "unique" not in str(exc).lower() and "already exists" not in str(exc).lower():
+            raise
+        raise SweepBusy(_busy(experiment_name, "another sweep", f"lease tag {LEASE_TAG}")) from None
     time.sleep(SETTLE_S)  # a sweep that read "free" together with us has written by now
     current = holder()
     if current is None or current[0] != token:
