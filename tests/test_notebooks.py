@@ -63,6 +63,13 @@ def _latest_parent(client: MlflowClient, experiment: str):
                               order_by=["attributes.start_time DESC"])[0]
 
 
+def _latest_children(client: MlflowClient, experiment: str):
+    """The experiment's newest parent run and its child runs."""
+    parent = _latest_parent(client, experiment)
+    return parent, client.search_runs([parent.info.experiment_id],
+                                      f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+
+
 TESTED_ELSEWHERE = {"04-search-vs-grid.ipynb"}  # tests/test_search.py (needs a search in the store)
 
 
@@ -129,9 +136,7 @@ def test_sweep_overview_ranks_by_the_mean_over_seeds_and_shows_the_same_best(sto
 def test_sweep_overview_names_the_runs_that_really_diverged(store, executed):
     """The latest tiny sweep's runs at lr=DIVERGING_LR overflowed: notebook 01 must say so."""
     client = MlflowClient(store.uri)
-    parent = _latest_parent(client, "backprop-lab/default")
-    children = client.search_runs([parent.info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    _, children = _latest_children(client, "backprop-lab/default")
     diverged = {r.info.run_name: int(r.data.tags["bpl.diverged_epoch"]) for r in children
                 if r.data.tags["bpl.status"] == "diverged"}
     n_runs = len(children) + 1  # + the job reused from the one-job sweep (finished)
@@ -165,9 +170,7 @@ def test_sweep_overview_names_the_runs_that_really_diverged(store, executed):
 def test_initialization_study_verdict_is_the_real_deep_store(store, executed):
     """Notebook 02's verdict per scheme, checked against each run's training loss read from MLflow."""
     client = MlflowClient(store.uri)
-    parent = _latest_parent(client, "backprop-lab/deep_init")
-    children = client.search_runs([parent.info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    _, children = _latest_children(client, "backprop-lab/deep_init")
     assert {int(r.data.params["model.depth"]) for r in children} == {DEEP_DEPTH}
     lowest = {}
     for run in children:  # the criterion: a run trains when its loss falls below ln(2)/2 once
