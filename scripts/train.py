@@ -69,10 +69,14 @@ def precheck(argv: list[str]) -> None:
 
 
 def _swept(override: str) -> bool:
-    """A sweep value (`a,b`, `range(0,3)`, ...) or a Hydra setting: not composed by the precheck."""
+    """A sweep value (`a,b`, `range(0,3)`, ...) or a Hydra setting: not composed by the precheck.
+
+    Except the launcher's (`JOBS=abc` typed as hydra.launcher.n_jobs=abc: Hydra's five-line
+    merge error), composed with the launcher chosen on the command line, if any."""
     key, _, value = override.lstrip("+~").partition("=")
     sweep_fn = value.lstrip().startswith(("range(", "choice(", "glob(", "interval(", "tag("))
-    return "," in value or sweep_fn or key.startswith(("hydra.", "hydra/"))
+    launcher = key == "hydra/launcher" or key.startswith("hydra.launcher.")
+    return "," in value or sweep_fn or (key.startswith(("hydra.", "hydra/")) and not launcher)
 
 
 def check_single_run(config_dir: str, overrides: list[str]) -> None:

@@ -2,8 +2,8 @@
 
     python scripts/try_bad_inputs.py [--markdown] [--only SUBSTRING]
 
-Each case runs `scripts/train.py` (or serve.py / reproduce.py) in a fresh temporary folder with
-its own SQLite store, exactly as a user would type it. A case passes when the command exits
+Each case runs `scripts/train.py` (or serve.py / reproduce.py / `make sweep`) in a fresh temporary
+folder with its own SQLite store, exactly as a user would type it. A case passes when the command exits
 non-zero within 5 s with ONE line of output (stdout + stderr), writes nothing to the store or the
 artifact root (a refused store is byte-identical afterwards) and never shows a password.
 Hydra's own `outputs/`/`multirun/` log folders are not counted as writes. Exit code: 0 when all
@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import os
 import random
+import re
 import resource
 import shutil
 import sqlite3
@@ -34,6 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 LIMIT_S = 5.0
 SECRET = "s3cret-pw"
 HYDRA_LOGS = ("outputs", "multirun")
+MAKE_OWN = re.compile(r"^make(\[\d+\])?: \*\*\* ")  # make's own line after a failing recipe
 
 
 def _template() -> Path:
@@ -112,9 +114,12 @@ def cases() -> list[Case]:
             "experiment_name=../../x", "experiment_name=", "optim.lr=０.１", "experiment_name=run😀")],
         Case("sweep value: optim.lr=0.1,inf", ["--multirun", "optim.lr=0.1,inf", *store]),
         Case("sweep value: optim.lr=0.1,０.２", ["--multirun", "optim.lr=0.1,０.２", *store]),
-        Case("sweep: JOBS=0", ["--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0", *store]),
-        Case("sweep: JOBS=abc", ["--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=abc",
-                                 *store]),
+        # `make sweep JOBS=... LAUNCHER=...` as typed (make's own "*** Error 2" line not counted),
+        # and the setting the Makefile passes on, typed straight to the script.
+        *[Case(f"make sweep {v}", ["sweep", v, "DRY=1", "ARGS=" + " ".join([t, a])], script="make")
+          for v in ("JOBS=0", "JOBS=abc", "LAUNCHER=nope")],
+        Case("sweep: hydra.launcher.n_jobs=0", ["--multirun", "hydra.launcher.n_jobs=0", *store]),
+        Case("sweep: hydra.launcher.n_jobs=abc", ["--multirun", "hydra.launcher.n_jobs=abc", *store]),
         # The older list (docs/reliability.md, issue 5).
         *[Case(f"value: {o}", [*store, o]) for o in (
             "optim.lr=-1", "optim.lr=0", "optim.lr=abc", "model.width=0", "model.width=10.5",
@@ -174,8 +179,13 @@ def try_case(case: Case, timeout: float) -> Outcome:
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
         try:
-            proc = subprocess.run([sys.executable, str(REPO / "scripts" / case.script), *args],
-                                  cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
+            if case.script == "make":
+                env = {k: v for k, v in env.items() if not k.startswith(("MAKE", "MFLAGS"))}
+                command = ["make", "--no-print-directory", "-C", str(REPO), *args]
+            else:
+                command = [sys.executable, str(REPO / "scripts" / case.script), *args]
+            proc = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True,
+                                  timeout=timeout)
             code, text = proc.returncode, proc.stdout + proc.stderr
         except subprocess.TimeoutExpired as exc:
             code = None
@@ -183,7 +193,7 @@ def try_case(case: Case, timeout: float) -> Outcome:
         seconds = time.monotonic() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
-        lines = [ln for ln in text.splitlines() if ln.strip()]
+        lines = [ln for ln in text.splitlines() if ln.strip() and not MAKE_OWN.match(ln)]
         return Outcome(case, code, lines, seconds, cpu, _snapshot(folder) == before, SECRET in text,
                        any((folder / d).exists() for d in HYDRA_LOGS))
 

@@ -90,6 +90,9 @@ def test_bad_input_one_line_nonzero_exit_store_untouched(tmp_path, capsys, train
 @pytest.mark.parametrize("override,expected", [
     ("init=hee", "invalid config: init=hee: no such option (did you mean he?); valid: he"),
     ("model.widht=3", "invalid config: model.widht=3: unknown key (did you mean model.width?)"),
+    # what `make sweep JOBS=abc` would pass on (make refuses it first): not Hydra's five lines
+    ("hydra.launcher.n_jobs=abc", "invalid config: hydra.launcher.n_jobs=abc: Value 'abc' of type 'str' "
+                                  "could not be converted to Integer"),
 ])
 def test_multirun_plain_override_checked_before_hydra(capsys, train_script, override, expected):
     """A non-swept override of a sweep is composed by Hydra before any sweeper runs: the entry
@@ -101,7 +104,8 @@ def test_multirun_plain_override_checked_before_hydra(capsys, train_script, over
     out, err = capsys.readouterr()
     assert err.count("\n") == 1 and err.startswith(expected), err
     assert train_script._swept("optim.lr=0.1,1.0") and train_script._swept("seed=range(0,3)")
-    assert not train_script._swept("init=hee") and train_script._swept("hydra.launcher.n_jobs=2")
+    assert not train_script._swept("init=hee") and train_script._swept("hydra.sweep.dir=x")
+    assert not train_script._swept("hydra.launcher.n_jobs=2")  # composed: the launcher's values
 
 
 @pytest.mark.slow

@@ -56,6 +56,11 @@ def explain(exc: BaseException, overrides: list[str], compose: Callable[[list[st
         given = _given(overrides, group, default=m.group(2))
         reason = f"no such option{_did_you_mean(str(given), options)}; valid: {', '.join(options)}"
         return ConfigError(group, given, reason)
+    cause = str(exc.__cause__ or "")
+    typed = re.search(r"full_key: (\S+)", cause) if "could not be converted" in cause else None
+    if typed:  # a typed (structured) node, e.g. hydra.launcher.n_jobs=abc: OmegaConf's first line
+        key = typed.group(1)
+        return ConfigError(key, _given(overrides, key, default=_NO_VALUE), cause.splitlines()[0])
     m = re.search(r"Could not override '([^']+)'", text) or re.search(r"full_key: (\S+)", text)
     if not m:
         return ConfigError("<command line>", _NO_VALUE, _first(exc))
