@@ -7,10 +7,12 @@ with Hydra and validated in-process; one subprocess per entry point proves exit 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import random
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -139,6 +141,103 @@ def test_train_and_ui_on_a_broken_store_end_in_one_line(tmp_path, mlflow_schema)
     assert not (tmp_path / "art").exists(), "no artifact root is created for a refused store"
     assert not (tmp_path / "outputs").exists(), "refused before Hydra makes its outputs/ folder"
     assert train_s < 60, f"{train_s:.0f} s (MLflow's retries would take ~100 s)"
+
+
+# --------------------------------------------------------------------------- a disk that fills
+
+
+@contextlib.contextmanager
+def _small_disk(folder: Path, size: int):
+    """A real filesystem of `size` bytes at `folder` (a tmpfs), unmounted afterwards whatever happens.
+
+    Skips, saying why, where mounting is refused (not root, a container without CAP_SYS_ADMIN).
+    """
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip(f"disk-full test: mounting a {size >> 20} MiB tmpfs needs root (uid {os.geteuid()})")
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"disk-full test: `mount -t tmpfs` refused here ({mount.stderr.strip()})")
+    try:
+        yield folder
+    finally:
+        for _ in range(20):  # a process that just ended may still hold it for a moment
+            if subprocess.run(["umount", str(folder)], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.25)
+        else:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def _fill(folder: Path) -> Path:
+    """Write zeros into folder/hog until the disk refuses: what another program does to a disk."""
+    hog = folder / "hog"
+    with open(hog, "wb") as f:
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(bytes(64 * 1024))
+                f.flush()
+    return hog
+
+
+def _statuses(db: Path) -> list[tuple[str, str]]:
+    """(role, status) of every run, read with plain sqlite3; [] while the store is being made."""
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=5)) as con:
+            return con.execute("SELECT t.value, r.status FROM runs r JOIN tags t ON t.run_uuid = "
+                               "r.run_uuid WHERE t.key = 'bpl.role'").fetchall()
+    except sqlite3.Error:
+        return []
+
+
+@pytest.mark.slow
+def test_disk_full_mid_sweep_one_line_each_parent_ended_no_child_running(tmp_path):
+    """A real sweep whose SQLite store and artifacts sit on an 8 MiB tmpfs that another program
+    fills once the first child has finished: every job ends in one line, the sweep exits 1 with
+    one line on stderr within seconds, and the store (read afterwards) has its parent FAILED and
+    no run RUNNING. It takes the sweep's disk reserve (sweep/lock.py) to end the parent: without
+    it this test left the parent RUNNING."""
+    with _small_disk(tmp_path / "disk", 8 << 20) as disk:
+        db = disk / "mlflow.db"
+        cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--multirun", "optim.lr=0.1,0.2,0.3",
+               "model.width=3,4", "train.epochs=50", "hydra.launcher.n_jobs=2",
+               f"tracking.uri=sqlite:///{db}", f"tracking.artifact_root={disk / 'art'}",
+               f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        started = time.monotonic()
+        try:
+            deadline = time.monotonic() + 300
+            while ("child", "FINISHED") not in _statuses(db):
+                assert proc.poll() is None and time.monotonic() < deadline, "no child finished"
+                time.sleep(0.1)
+            filled = time.monotonic()
+            hog = _fill(disk)
+            out, err = proc.communicate(timeout=300)
+            seconds = time.monotonic() - filled
+            print(f"first child FINISHED after {filled - started:.1f} s; full disk -> exit {seconds:.1f} s")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        hog.unlink()  # room again, to read the store as it was left
+        statuses = _statuses(db)
+        leftovers = sorted(p.name for p in disk.iterdir())
+
+    assert proc.returncode == 1, err[-3000:]
+    assert len(err.strip().splitlines()) == 1, err[-3000:]
+    assert err.startswith("sweep: stopped, parent run ") and " ended FAILED: " in err, err
+    assert "Traceback" not in out + err
+    run_lines = [ln for ln in out.splitlines() if ln.startswith("[") and "/6] " in ln]
+    assert sorted(ln[:5] for ln in run_lines) == [f"[{k}/6]" for k in range(1, 7)], out
+    failed = [ln for ln in run_lines if " failed " in ln]
+    full = re.compile("disk is full|disk holding it is full|No space left on device")
+    assert failed and all(full.search(ln) for ln in failed), failed
+    assert seconds < 60, f"{seconds:.0f} s from the full disk to the sweep's end"
+    assert ("parent", "FAILED") in statuses and ("child", "FINISHED") in statuses
+    assert all(status != "RUNNING" for _, status in statuses), statuses
+    assert not [n for n in leftovers if n.endswith(".lock")], leftovers
 
 
 # --------------------------------------------------------------------------- bad values

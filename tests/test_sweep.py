@@ -130,6 +130,11 @@ def test_sweep_key_is_the_definition_not_the_force_flag_or_store():
     ("optim.lr=-1", "optim.lr=0.1,-1"),
     ("model.width=0", "model.width=4,0"),
     ("optim.lr=abc", "optim.lr=0.1,abc"),
+    # issue 13: values that used to pass and then fail, hang or eat memory in every job
+    ("optim.lr=inf", "optim.lr=0.1,inf"),
+    ("model.depth=2000", "model.depth=2,2000"),
+    ("gradcheck.h=1e-300", "gradcheck.h=1e-6,1e-300"),
+    ("experiment_name=../../x", "experiment_name=a,../../x"),
 ])
 def test_a_bad_sweep_gets_the_single_runs_line(single, swept):
     """One error path: the sweep's first bad job raises exactly the ConfigError a single run
@@ -211,6 +216,35 @@ def test_parent_reaches_jobs_through_config_and_summary_comes_from_return_values
     assert "bpl.sweep_dir" not in parent.data.tags
 
 
+def test_a_rerun_sweep_says_when_the_runs_it_skips_lost_their_artifacts(tmp_path, capsys):
+    """A FINISHED run of one job's config whose artifacts were deleted: the sweep skips it (its
+    metrics are in the store) and says, in one line, that its artifacts are gone."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from backprop_lab.tracking import client as tracking
+    from backprop_lab.tracking.run import RunSummary
+
+    swept = ["optim.lr=0.1,0.2", "train.epochs=5"]
+    key = compose_sweep(*swept)[0].config_key
+    client = tracking.prepare_store(f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "art"))
+    exp = tracking.ensure_experiment(client, "backprop-lab/train", str(tmp_path / "art"))
+    old = client.create_run(exp, tags={"bpl.config_key": key, "bpl.role": "child"}).info.run_id
+    client.set_terminated(old, "FINISHED")  # its artifacts never written (as if deleted)
+
+    def task(cfg):
+        return RunSummary("finished", cfg.sweep.run_name, run_id="made-up", test_acc=0.5, test_loss=1.0)
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        GlobalHydra.instance().hydra.multirun("config", task, [*swept, "hydra/launcher=basic",
+                                                               *store_args(tmp_path)])
+    lines = capsys.readouterr().out.splitlines()
+    [said] = [ln for ln in lines if "lost their artifacts" in ln]
+    assert said.startswith("sweep custom: 1 of the finished runs it skips lost their artifacts (run "
+                           f"{old}: ") and said.endswith("config/config.yaml is missing); they stay skipped, "
+                                                         "force=true re-runs every job")
+    assert "2 jobs, 1 already finished -> will be skipped" in lines[0]
+
+
 # --------------------------------------------------------------------------- the session's tiny sweep
 
 
@@ -244,6 +278,7 @@ def test_tiny_sweep_one_parent_every_child_linked_through_its_config(tiny_sweep)
     client = tiny_sweep.client()
     files = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
     assert {"sweep/children.csv", "sweep/summary.png"} <= files
+    assert not list(tiny_sweep.root.glob("*.lock")), "the sweep's lock file is deleted when it ends"
 
 
 @pytest.mark.slow
@@ -416,5 +451,53 @@ def test_the_sqlite_lock_refuses_a_second_holder_and_frees_on_release(tmp_path):
         with pytest.raises(lock.SweepBusy, match=r"another sweep is writing into experiment 'e' \(pid "):
             with lock.hold(None, uri, "7", "e"):
                 pass
-    with lock.hold(None, uri, "7", "e"):  # free again
-        assert (tmp_path / "mlflow.db.sweep-7.lock").exists()
+    with lock.hold(None, uri, "7", "e") as held:  # free again
+        path = tmp_path / "mlflow.db.sweep-7.lock"
+        # The file holds the disk reserve while the sweep runs; freeing it keeps the lock.
+        assert path.stat().st_size > lock.RESERVE_BYTES
+        assert held.free_reserve() is True and path.stat().st_size < 200
+        with pytest.raises(lock.SweepBusy):
+            with lock.hold(None, uri, "7", "e"):
+                pass
+    assert list(tmp_path.iterdir()) == [], "a sweep that ended leaves no lock file behind"
+
+
+def test_the_sqlite_lock_retakes_a_file_its_holder_deleted_as_it_was_opened(tmp_path, monkeypatch):
+    """The race of deleting the lock file: a sweep opens the file, its holder deletes it and lets
+    go, the sweep locks the deleted file. It must notice and lock the file at the path, or two
+    sweeps would hold 'the' lock at once."""
+    from backprop_lab.sweep import lock
+
+    path = tmp_path / "mlflow.db.sweep-7.lock"
+    opened = []
+    real_open = os.open
+
+    def open_then_holder_lets_go(file, flags, mode=0o777):
+        fd = real_open(file, flags, mode)
+        opened.append(fd)
+        if len(opened) == 1:
+            os.unlink(file)  # the holder deleted it (and closed: nothing else holds a lock on it)
+        return fd
+
+    monkeypatch.setattr(lock.os, "open", open_then_holder_lets_go)
+    with lock.hold(None, f"sqlite:///{tmp_path / 'mlflow.db'}", "7", "e"):
+        assert len(opened) == 2, "the deleted file was locked and kept"
+        assert path.exists() and os.path.samestat(os.fstat(opened[1]), os.stat(path))
+        with pytest.raises(lock.SweepBusy):  # the file at the path is the one held
+            with lock.hold(None, f"sqlite:///{tmp_path / 'mlflow.db'}", "7", "e"):
+                pass
+    assert not path.exists()
+
+
+def test_no_room_for_the_reserve_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    from backprop_lab.sweep import lock
+
+    def full(fd, data, offset):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(lock.os, "pwrite", full)
+    with pytest.raises(lock.StoreFull) as err:
+        with lock.hold(None, f"sqlite:///{tmp_path / 'mlflow.db'}", "7", "e"):
+            pass
+    assert "no room for the sweep's 1 MiB reserve" in str(err.value) and "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []

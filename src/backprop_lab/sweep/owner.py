@@ -6,8 +6,9 @@ one way: sweeper -> launcher -> job -> return value.
 1. plan: expand the jobs as Hydra's BasicSweeper does, compose and validate every one
    (sweep.jobs); a bad key, option or value ends in the single run's one line, exit 2, with
    nothing written.
-2. open the store, hold the experiment (sweep.lock: a second sweep on it is refused, exit 2),
-   create the parent run or resume the one with the same sweep definition (tag bpl.sweep_key).
+2. open the store, hold the experiment (sweep.lock: a second sweep on it is refused, exit 2;
+   on SQLite the lock file also reserves room to end the runs if the disk fills), create the
+   parent run or resume the one with the same sweep definition (tag bpl.sweep_key).
    The store is read only here: to resume and to skip the configs already FINISHED.
 3. launch the jobs that are not skipped with the configured launcher (basic, joblib, Ray,
    Slurm...), each told its parent, `[k/N]`, start time and run name through `sweep.*` overrides
@@ -16,9 +17,12 @@ one way: sweeper -> launcher -> job -> return value.
    summary, and on the parent its note, summary figure, gallery, children.csv and metrics.
 
 The parent always ends: FINISHED, FAILED (a job failed, or the sweep itself broke) or KILLED
-(Ctrl-C, SIGTERM), and no child of it is left RUNNING. Errors leave through SystemExit with one
-line on stderr: 2 for a bad sweep or a busy experiment, 1 for failed jobs or an unusable store,
-130 for an interrupt.
+(Ctrl-C, SIGTERM), and no child of it is left RUNNING (a job whose store failed as it ended its
+run is ended FAILED here). When the store breaks (a full disk), the reserve is freed and the
+parent and children are ended with that room; if even that fails, the line says the parent is
+still RUNNING and that re-running the command resumes and ends it. Errors leave through
+SystemExit with one line on stderr: 2 for a bad sweep or a busy experiment, 1 for failed jobs or
+an unusable store, 130 for an interrupt.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from backprop_lab.config.schema import UserError
 from backprop_lab.sweep import jobs as sweep_jobs
 from backprop_lab.sweep import lock, report
 from backprop_lab.sweep.jobs import Job, SweepError
-from backprop_lab.tracking.run import RunSummary, SweepJob
+from backprop_lab.tracking.run import RunSummary, SweepJob, print_line
 
 SWEEP_KEY_TAG = "bpl.sweep_key"
 INTERRUPTED = "interrupted: run the same command to resume"
@@ -75,10 +79,13 @@ class Sweep:
             return self.dry(jobs, preset)
         store = self.open_store(jobs[0].run_config)
         try:
-            with lock.hold(store.client, store.uri, store.experiment_id, jobs[0].run_config.experiment_name):
-                return self.owned(store, jobs, preset)
+            with lock.hold(store.client, store.uri, store.experiment_id,
+                           jobs[0].run_config.experiment_name) as held:
+                return self.owned(store, jobs, preset, held)
         except lock.SweepBusy as exc:
             _exit(str(exc), 2)
+        except lock.StoreFull as exc:
+            _exit(str(exc), 1)
         except KeyboardInterrupt:  # before the parent existed, or while it was being created
             _exit(INTERRUPTED, 130)
 
@@ -96,26 +103,39 @@ class Sweep:
             _exit(f"sweep: tracking store {uri}: {sweep_jobs.one_line(exc)}", 1)
         return Store(client, uri, experiment_id)
 
-    def owned(self, store: Store, jobs: list[Job], preset: str) -> list[RunSummary]:
+    def owned(self, store: Store, jobs: list[Job], preset: str, held: lock.Held) -> list[RunSummary]:
         """Everything while this sweep holds the experiment: parent, launches, summary."""
         t0 = time.time()
         force = any(job.run_config.force for job in jobs)
         key = sweep_jobs.sweep_key(preset, jobs)
-        parent = None if force else _find_parent(store, key)
-        done = {} if force else _finished_runs(store)
+        try:
+            parent = None if force else _find_parent(store, key)
+            done = {} if force else _finished_runs(store)
+        except Exception as exc:  # nothing of this sweep written yet
+            _exit(f"sweep: tracking store {store.uri}: {sweep_jobs.one_line(exc)}", 1)
         todo = [job for job in jobs if job.config_key not in done]
         name = jobs[0].run_config.experiment_name
+        lost = _lost_artifacts([done[job.config_key] for job in jobs if job.config_key in done])
+        lost_line = (f"sweep {preset}: {len(lost)} of the finished runs it skips lost their artifacts "
+                     f"(run {lost[0][0]}: {lost[0][1]} is missing); they stay skipped, force=true re-runs "
+                     "every job" if lost else None)
         if not todo and parent is not None and parent.info.status == "FINISHED":
             self.say(f"sweep {preset}: all {len(jobs)} jobs already finished (parent run "
                      f"{parent.info.run_id}, experiment {name}); nothing to do (force=true reruns them)")
+            if lost_line:
+                self.say(lost_line)
             return [_reused(job, done[job.config_key]) for job in jobs]
         with _terminate_as_interrupt():
-            if parent is None:
-                parent_id, killed = _create_parent(store, preset, key, jobs), 0
-            else:  # resume: same definition, same parent
-                parent_id = parent.info.run_id
-                store.client.update_run(parent_id, status="RUNNING")
-                killed = _end_running_children(store, parent_id)
+            try:
+                if parent is None:
+                    parent_id, killed = _create_parent(store, preset, key, jobs), 0
+                else:  # resume: same definition, same parent (its stale children first: an
+                    parent_id = parent.info.run_id  # error then leaves the parent as it was)
+                    killed = _end_running_children(store, parent_id)
+                    store.client.update_run(parent_id, status="RUNNING")
+            except Exception as exc:  # a full disk, a locked file: no run of this sweep is RUNNING
+                _exit(f"sweep: tracking store {store.uri}: cannot start the parent run: "
+                      f"{sweep_jobs.one_line(exc)}", 1)
             try:
                 how = f"resumed parent {parent_id}" if parent is not None else f"new parent {parent_id}"
                 if killed:
@@ -123,19 +143,25 @@ class Sweep:
                 self.say(f"sweep {preset}: {len(jobs)} jobs, {len(jobs) - len(todo)} already finished -> "
                          f"will be skipped{' (force=true: none)' if force else ''}; {how}; "
                          f"experiment {name}; store {store.uri}")
+                if lost_line:
+                    self.say(lost_line)
                 returned = self.launch(todo, parent_id)
                 rows = [returned[id(job)] if id(job) in returned else _reused(job, done[job.config_key])
                         for job in jobs]
                 failed = self.finish(store, parent_id, preset, jobs, rows, time.time() - t0)
             except KeyboardInterrupt:
-                _quietly_end(store, parent_id, "KILLED")
-                _exit(INTERRUPTED, 130)
+                problem = _end_anyway(held, store, parent_id, "KILLED")
+                _exit(INTERRUPTED if problem is None else f"{INTERRUPTED} (parent run {parent_id} is still "
+                      f"RUNNING: {problem})", 130)
             except BaseException as exc:
-                _quietly_end(store, parent_id, "FAILED")
+                problem = _end_anyway(held, store, parent_id, "FAILED")
                 if isinstance(exc, SystemExit):
                     raise
-                _exit(f"sweep: stopped, parent run {parent_id} ended FAILED: "
-                      f"{type(exc).__name__}: {sweep_jobs.one_line(exc)}", 1)
+                why = f"{type(exc).__name__}: {sweep_jobs.one_line(exc)}"
+                if problem is None:
+                    _exit(f"sweep: stopped, parent run {parent_id} ended FAILED: {why}", 1)
+                _exit(f"sweep: stopped by {why}; parent run {parent_id} could not be ended either "
+                      f"({problem}): run the same command again to resume and end it", 1)
         if failed:
             shown = "; ".join(failed[:10]) + (f"; and {len(failed) - 10} more" if len(failed) > 10 else "")
             _exit(f"sweep: {len(failed)} job(s) failed: {shown} "
@@ -152,12 +178,15 @@ class Sweep:
         returned: dict[int, RunSummary] = {}
         for start in range(0, len(todo), size):
             batch = todo[start:start + size]
-            overrides = [
-                [*job.overrides, *SweepJob(parent_id, job.name, start + k, len(todo), started).overrides()]
-                for k, job in enumerate(batch, 1)]
+            told = [SweepJob(parent_id, job.name, start + k, len(todo), started)
+                    for k, job in enumerate(batch, 1)]
+            overrides = [[*job.overrides, *sj.overrides()] for job, sj in zip(batch, told, strict=True)]
             results = self.launcher.launch(overrides, initial_job_idx=start)
-            for job, result in zip(batch, results, strict=True):
-                returned[id(job)] = _summary_of(job, result)
+            for job, sj, result in zip(batch, told, results, strict=True):
+                summary = _summary_of(job, result)
+                if not summary.line:  # the job never printed its line (it did not run)
+                    print_line(summary, sj, self.out)
+                returned[id(job)] = summary
         return returned
 
     def write_multirun_yaml(self) -> None:
@@ -187,6 +216,8 @@ class Sweep:
         best = rep.best()
 
         client = store.client
+        # A job whose store failed while it ended its run (a full disk) left it RUNNING.
+        _end_running_children(store, parent_id, "FAILED")
         client.log_text(parent_id, rep.children_csv(), "sweep/children.csv")
         for name, figure in (("summary", rep.summary_figure()), ("gallery", rep.gallery_figure(rows))):
             if figure is not None:
@@ -241,15 +272,20 @@ def _preset(config: DictConfig, run_config: Any) -> str:
 
 
 def _summary_of(job: Job, result: Any) -> RunSummary:
-    """The job's RunSummary; a job whose task function raised (it should not) counts as failed."""
+    """The job's RunSummary; a job whose task function raised (it should not) or that Hydra could
+    not set up (its job folder on a full disk) counts as failed, with that exception's line."""
     from hydra.core.utils import JobStatus
 
-    value = result.return_value if result.status == JobStatus.COMPLETED else None
+    if result.status == JobStatus.COMPLETED:
+        value = result.return_value
+    else:  # JobReturn.return_value would write a line to stderr and raise: the private field,
+        value = getattr(result, "_return_value", None)  # or no reason when Hydra renames it
     if isinstance(value, RunSummary):
         return value
+    error = (f"{type(value).__name__}: {sweep_jobs.one_line(value)}" if isinstance(value, BaseException)
+             else f"the job returned no summary (Hydra status {result.status.name})")
     return RunSummary("failed", job.name, config_key=job.config_key, values=job.values,
-                      seed=job.run_config.seed, overrides=tuple(job.overrides),
-                      error=f"the job returned no summary (Hydra status {result.status.name})")
+                      seed=job.run_config.seed, overrides=tuple(job.overrides), error=error)
 
 
 def _reused(job: Job, run: Any) -> RunSummary:
@@ -271,6 +307,23 @@ def _all_runs(store: Store, flt: str) -> list[Any]:
         token = page.token
         if not token:
             return out
+
+
+def _lost_artifacts(runs: list[Any]) -> list[tuple[str, str]]:
+    """(run id, missing file) for each run whose `config/config.yaml` artifact is gone (what
+    `make reproduce` needs). Local artifact stores only: on a server it costs a request per run."""
+    from pathlib import Path
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    out = []
+    for run in runs:
+        uri = run.info.artifact_uri or ""
+        if uri.startswith("file:"):
+            path = Path(url2pathname(urlparse(uri).path)) / "config" / "config.yaml"
+            if not path.is_file():
+                out.append((run.info.run_id, str(path)))
+    return out
 
 
 def _find_parent(store: Store, key: str) -> Any:
@@ -325,28 +378,42 @@ def _create_parent(store: Store, preset: str, key: str, jobs: list[Job]) -> str:
     return store.client.create_run(store.experiment_id, run_name=name, tags=tags).info.run_id
 
 
-def _end_running_children(store: Store, parent_id: str) -> int:
-    """KILLED for the children of the parent still RUNNING (this sweep holds the experiment, so
-    no live job owns them: a crash or an interrupt left them)."""
+def _end_running_children(store: Store, parent_id: str, status: str = "KILLED") -> int:
+    """End the children of the parent still RUNNING (this sweep holds the experiment and no job
+    of it is running, so no live job owns them: a crash, an interrupt or a failed store left them)."""
     flt = f"tags.`mlflow.parentRunId` = '{parent_id}' and attributes.status = 'RUNNING'"
     stale = _all_runs(store, flt)
     for run in stale:
-        store.client.set_terminated(run.info.run_id, status="KILLED")
+        store.client.set_terminated(run.info.run_id, status=status)
     return len(stale)
 
 
-def _quietly_end(store: Store, parent_id: str, status: str) -> None:
-    """End the parent and any RUNNING child, ignoring Ctrl-C meanwhile; errors are swallowed
-    (the store may be what broke): re-running the command resumes and cleans up anyway."""
+def _end_anyway(held: lock.Held, store: Store, parent_id: str, status: str) -> str | None:
+    """The sweep broke: free the disk reserve (the store may have filled it), then end the parent
+    and its RUNNING children. None when that worked, else why not (one line)."""
+    held.free_reserve()
+    return _quietly_end(store, parent_id, status)
+
+
+def _quietly_end(store: Store, parent_id: str, status: str) -> str | None:
+    """End the parent and any RUNNING child, ignoring Ctrl-C meanwhile; errors are not raised
+    (the store may be what broke) but returned as one line: re-running the command resumes and
+    cleans up then."""
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+    problem = None
     try:
-        with contextlib.suppress(Exception):
-            _end_running_children(store, parent_id)
-        with contextlib.suppress(Exception):
+        try:
+            _end_running_children(store, parent_id, status)
+        except Exception as exc:
+            problem = sweep_jobs.one_line(exc)
+        try:
             store.client.set_terminated(parent_id, status=status)
+        except Exception as exc:
+            problem = sweep_jobs.one_line(exc)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+    return problem
 
 
 def _main_thread() -> bool:

@@ -25,7 +25,8 @@ from backprop_lab.config import names
 from backprop_lab.config.schema import ConfigError, UserError, config_key, validate
 from backprop_lab.tracking import record
 
-__all__ = ["JobContext", "RunSummary", "SweepJob", "run", "run_name", "ConfigError", "UserError"]
+__all__ = ["JobContext", "RunSummary", "SweepJob", "run", "run_name", "print_line", "ConfigError",
+           "UserError"]
 
 run_name = names.run_name
 
@@ -130,7 +131,7 @@ def run(cfg: Any, job: JobContext | None = None, *, out=None, parent_id: str | N
         summary = RunSummary("failed", name, run_id, key, seconds=time.perf_counter() - t0, error=error,
                              overrides=job.overrides, values=_values(job, rc),
                              seed=rc.seed if rc is not None else None)
-        return _report(summary, sweep, out)
+        return print_line(summary, sweep, out)
 
     try:
         rc, sweep = SweepJob.split(validate(cfg))
@@ -154,7 +155,7 @@ def run(cfg: Any, job: JobContext | None = None, *, out=None, parent_id: str | N
                                      m.get("gradcheck/trained/max_rel_err"), time.perf_counter() - t0,
                                      overrides=job.overrides, values=_values(job, rc), seed=rc.seed,
                                      error=f"already FINISHED as run {previous.info.run_id}")
-                return _report(summary, sweep, out)
+                return print_line(summary, sweep, out)
         parent_id = sweep.parent_run_id if sweep is not None else parent_id
         run_tags = {
             "bpl.status": "running",
@@ -193,7 +194,7 @@ def run(cfg: Any, job: JobContext | None = None, *, out=None, parent_id: str | N
                          time.perf_counter() - t0, overrides=job.overrides, metrics=metrics,
                          values=_values(job, rc), seed=rc.seed,
                          boundary_png=result.boundary_png)
-    return _report(summary, sweep, out)
+    return print_line(summary, sweep, out)
 
 
 def _values(job: JobContext, rc: Any) -> dict[str, Any]:
@@ -215,7 +216,7 @@ def _blas_threads(n: int | None):
     return threadpool_limits(limits=n, user_api="blas")
 
 
-def _report(summary: RunSummary, sweep: SweepJob | None, out) -> RunSummary:
+def print_line(summary: RunSummary, sweep: SweepJob | None, out) -> RunSummary:
     """Print the run's one line; in a sweep with `[k/N]` first and the sweep's time left last."""
     acc = "-" if summary.test_acc is None else f"{summary.test_acc:.3f}"
     err = "-" if summary.gradcheck_max_rel_err is None else f"{summary.gradcheck_max_rel_err:.1e}"
@@ -239,17 +240,20 @@ def _clock(seconds: float) -> str:
 
 
 def _end_failed(client, run_id: str, status: str = "FAILED") -> None:
-    """Best effort: the traceback as an artifact, bpl.status=failed, run ended FAILED/KILLED."""
+    """Best effort: the traceback as an artifact, bpl.status=failed, run ended FAILED/KILLED.
+
+    Never raises and prints nothing: the store may be what failed (a full disk), and the job's
+    one line already says why. Each step is tried on its own; a run this cannot end stays
+    RUNNING for its owner to end (a sweep ends its RUNNING children when its jobs are done).
+    """
     from backprop_lab.tracking import client as tracking
 
     text = traceback.format_exc()
-    try:
-        with tempfile.TemporaryDirectory(prefix="bpl-err-") as tmp:
-            (Path(tmp) / "error").mkdir()
-            (Path(tmp) / "error" / "traceback.txt").write_text(text)
-            client.log_artifacts(run_id, tmp)
-    except Exception:  # a broken artifact store must not hide the run's end
-        print(text, file=sys.stderr)
-    finally:
+    with contextlib.suppress(Exception), tempfile.TemporaryDirectory(prefix="bpl-err-") as tmp:
+        (Path(tmp) / "error").mkdir()
+        (Path(tmp) / "error" / "traceback.txt").write_text(text)
+        client.log_artifacts(run_id, tmp)
+    with contextlib.suppress(Exception):
         tracking.log_tags(client, run_id, {"bpl.status": "failed"})
+    with contextlib.suppress(Exception):
         client.set_terminated(run_id, status)

@@ -10,6 +10,7 @@ without importing mlflow.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -84,8 +85,19 @@ def _raise_unreadable(db: Path, exc: sqlite3.OperationalError) -> None:
     if "locked" in str(exc):
         raise StoreError(f"SQLite store {db} is locked by another process (waited 2 s); "
                          "try again when it is done") from None
+    if _disk_full(db.parent):  # SQLite says "disk I/O error": the file is fine, the disk is not
+        raise StoreError(f"SQLite store {db} cannot be read ({exc}): the disk holding it is full; "
+                         "free some space there and run the same command again") from None
     raise StoreError(f"SQLite store {db} cannot be read ({exc}); restore it from a backup or "
                      f"{_NEW_STORE}") from None
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
 
 
 def _check_tables(db: Path, names: set[str], version: tuple | None) -> None:

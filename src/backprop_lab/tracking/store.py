@@ -102,6 +102,7 @@ def prepare_store(uri: str, artifact_root: str | None = None) -> MlflowClient:
     # "Creating initial MLflow database tables..." is noise in a sweep's one-line-per-run output.
     for name in ("mlflow.store.db.utils", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    _drop_mlflow_db_error_logs()
     db = sqlite_path(uri)
     memo_key = (uri, artifact_root)
     known = _PREPARED.get(memo_key) if db is not None else None
@@ -133,6 +134,20 @@ def prepare_store(uri: str, artifact_root: str | None = None) -> MlflowClient:
     if identity is not None:
         _PREPARED[memo_key] = (identity, client)
     return client
+
+
+def _repeats_a_raised_error(record: logging.LogRecord) -> bool:
+    """False for MLflow's "SQLAlchemy database error. The following exception is caught." record:
+    MLflow logs it with its whole traceback (~40 lines) and then raises the same error as an
+    MlflowException, which our callers turn into one line (a sweep's job: its `failed` line).
+    On a full disk every write of every job logged one."""
+    return not str(record.msg).startswith("SQLAlchemy database error")
+
+
+def _drop_mlflow_db_error_logs() -> None:
+    logger = logging.getLogger("mlflow.store.db.utils")
+    if _repeats_a_raised_error not in logger.filters:
+        logger.addFilter(_repeats_a_raised_error)
 
 
 # (uri, artifact_root) -> ((st_dev, st_ino) of the SQLite file when prepared, client). A store

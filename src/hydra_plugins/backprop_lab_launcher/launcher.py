@@ -14,7 +14,8 @@ comes back pickled; `launch` returns them in job order.
   the caches its first run would otherwise fill (the figure layouts, SQL statements, fonts:
   ~3x the time of a later run).
 - A worker that dies (segfault, os._exit, OOM kill) fails its job (JobStatus.FAILED, the exit
-  code in the error) and is replaced; the other jobs go on.
+  code in the error) and is replaced; the other jobs go on. So does a job whose set-up by Hydra
+  (its job folder) raises: FAILED with that exception.
 - Ctrl-C: each worker gets one SIGINT (a second, e.g. the terminal's, is ignored) so its job can
   end its run as KILLED; after `grace_s` the survivors are terminated, then killed. No worker
   outlives the driver: one whose driver vanished reads EOF on its pipe and exits.
@@ -119,8 +120,14 @@ class BackpropLabLauncher(Launcher):
         with open_dict(cfg):
             cfg.hydra.job.id = idx
             cfg.hydra.job.num = idx
-        ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
-                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        try:
+            ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
+                          job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        except Exception as exc:
+            # Hydra's own set-up of the job failed before the task ran (writing .hydra/config.yaml
+            # in its job folder on a full disk): that job fails, the other jobs go on, as when the
+            # task itself raises. BasicLauncher would end the whole sweep with a traceback.
+            ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=exc)
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
 
