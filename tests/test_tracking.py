@@ -312,3 +312,40 @@ def test_fast_history_insert_falls_back_to_log_batch_with_one_warning(store, mon
     for run_id in runs:
         assert _rows(client, run_id) == _rows(client, reference)
     assert client.get_run(runs[0]).data.metrics == client.get_run(reference).data.metrics
+
+
+HOLDER = r"""
+import os, sys
+from backprop_lab.tracking import store
+uri = sys.argv[1]
+client = store.prepare_store(uri, sys.argv[2])
+client.create_experiment("held")      # MLflow's pooled connection stays open: this process holds the store
+store.check_store_quickly(uri)        # what every job of a sweep calls before it logs
+print("ready", flush=True)
+sys.stdin.readline()
+print(os.path.exists(uri.removeprefix("sqlite:///") + "-wal"), flush=True)
+"""
+
+
+def test_quick_check_of_a_store_open_here_keeps_its_sqlite_locks(tmp_path):
+    """A worker that holds the store open and runs the quick check of its next job must keep its
+    POSIX locks: else another process closing a connection takes itself for the last one and
+    deletes the WAL the worker still writes to (a 1,000-job sweep on 2 workers kept 11 runs)."""
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+
+    db = tmp_path / "mlflow.db"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, f"sqlite:///{db}", str(tmp_path / "art")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "MLFLOW_TRACKING_URI": ""})
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with sqlite3.connect(db) as other:  # another process (a worker, the UI) opens and closes it
+            assert other.execute("SELECT count(*) FROM experiments").fetchone()[0] == 2
+        other.close()
+        out, _ = holder.communicate("go\n", timeout=60)
+    finally:
+        holder.kill()
+    assert out.strip() == "True", "the WAL in use was deleted by another process's close"

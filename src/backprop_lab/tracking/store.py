@@ -82,6 +82,13 @@ def check_store_quickly(uri: str) -> None:
     line within a second or two, not after mlflow's import. prepare_store runs them again.
     """
     db = sqlite_path(uri)
+    if db is not None and _prepared_here(uri, db):
+        # Open in this process (a sweep's every job after its first): checked already, and a
+        # second open + close of the file would drop this process's POSIX locks on it, SQLite's
+        # own connections' included. Another process closing the store then takes it for the
+        # last one and deletes the WAL still in use: a 1,000-job sweep on 2 forked workers
+        # kept 11 runs (sqlite.org/howtocorrupt.html, 2.2).
+        return
     if db is not None:
         check_sqlite_store(db)
         _check_writable_dir(db.parent, f"SQLite store {db}")  # the folder a run creates anyway
@@ -153,6 +160,13 @@ def _drop_mlflow_db_error_logs() -> None:
 # (uri, artifact_root) -> ((st_dev, st_ino) of the SQLite file when prepared, client). A store
 # deleted or replaced since (tests, `make clean`) has another identity and is prepared again.
 _PREPARED: dict[tuple[str, str | None], tuple[tuple[int, int], MlflowClient]] = {}
+
+
+def _prepared_here(uri: str, db: Path) -> bool:
+    """prepare_store already opened this very file (same identity) in this process."""
+    identity = file_id(db)
+    return identity is not None and any(
+        key[0] == uri and known[0] == identity for key, known in _PREPARED.items())
 
 
 def file_id(path: Path) -> tuple[int, int] | None:
