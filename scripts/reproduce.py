@@ -23,8 +23,11 @@ import numpy as np
 import yaml
 
 from backprop_lab.config.schema import ConfigError, redact, validate
-from backprop_lab.tracking import client as tracking
+from backprop_lab.tracking import store
 from backprop_lab.tracking.sqlite_file import check_sqlite_store
+
+# mlflow (tracking.client, ~4 s of imports) only once the store is known to exist and be usable:
+# a missing or broken store is refused in about a second.
 
 NOT_COMPARED = ("time/",)  # wall-clock seconds differ from run to run by nature
 
@@ -33,33 +36,55 @@ class ReproduceError(Exception):
     """Bad input: one line, exit code 2."""
 
 
-def open_store(uri: str | None):
-    """A client on an EXISTING store (never creates one: reproduce writes nothing)."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{tracking.repo_root() / 'mlflow.db'}"
-    db = tracking.sqlite_path(uri)
+def open_store(uri: str | None, run_id: str | None = None):
+    """A client on an EXISTING store (never creates one: reproduce writes nothing). On SQLite, a
+    run_id the store does not hold is refused here, before mlflow is imported."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store.repo_root() / 'mlflow.db'}"
+    db = store.sqlite_path(uri)
     if db is not None and not db.is_file():
         raise ReproduceError(f"tracking store {uri} does not exist; pass --tracking-uri or set "
                              "MLFLOW_TRACKING_URI to the store that holds the run")
     if db is not None:
         try:
             check_sqlite_store(db)  # damaged or foreign file: one line, not MLflow's retries
-        except tracking.StoreError as exc:
+        except store.StoreError as exc:
             raise ReproduceError(str(exc)) from None
+        if run_id is not None and not _holds_run(db, run_id):
+            raise ReproduceError(not_found(run_id, uri))
     if uri.startswith(("http://", "https://")):
         try:
-            tracking.check_server(uri)
-        except tracking.StoreError as exc:
+            store.check_server(uri)
+        except store.StoreError as exc:
             raise ReproduceError(str(exc)) from None
+    from backprop_lab.tracking import client as tracking
+
     return tracking.MlflowClient(tracking_uri=uri), uri
+
+
+def _holds_run(db: Path, run_id: str) -> bool:
+    import contextlib
+    import sqlite3
+
+    try:  # SELECT only (opened as check_sqlite_store opens it: a WAL store needs its -shm file)
+        with contextlib.closing(sqlite3.connect(db, timeout=2.0)) as con:
+            return con.execute("SELECT 1 FROM runs WHERE run_uuid = ?", (run_id,)).fetchone() is not None
+    except sqlite3.Error:
+        return True  # let MLflow say what is wrong
+
+
+def not_found(run_id: str, uri: str) -> str:
+    return (f"run {run_id!r} not found in {uri}; copy a run id from the UI (make ui) or from a "
+            "sweep's summary")
 
 
 def load_run(client, uri: str, run_id: str, folder: Path):
     """(run, RunConfig, local artifact folder) for run_id, or ReproduceError."""
+    from backprop_lab.tracking import client as tracking
+
     try:
         run = client.get_run(run_id)
     except tracking.MlflowException:
-        raise ReproduceError(f"run {run_id!r} not found in {uri}; copy a run id from the UI "
-                             "(make ui) or from a sweep's summary") from None
+        raise ReproduceError(not_found(run_id, uri)) from None
     if run.data.tags.get("bpl.role") == "parent":
         raise ReproduceError(f"run {run_id} is a sweep parent; pass one of its children "
                              "(see its sweep/children.csv)")
@@ -97,6 +122,7 @@ def recompute(rc):
 
 def expected_metrics(outcome) -> dict[str, list[tuple[int, float]]]:
     """key -> [(step, value)] exactly as a run logs them (downsampled, rounded, finite only)."""
+    from backprop_lab.tracking import client as tracking
     from backprop_lab.tracking.record import logged_history
 
     logged = logged_history(outcome.history)
@@ -135,6 +161,7 @@ def compare_artifacts(client, run, outcome, folder: Path) -> str | None:
 
     Raises ReproduceError naming the artifact when one is missing (nothing to compare with).
     """
+    from backprop_lab.tracking import client as tracking
     from backprop_lab.tracking.record import read_history_npz
 
     run_id = run.info.run_id
@@ -166,7 +193,9 @@ def compare_artifacts(client, run, outcome, folder: Path) -> str | None:
 
 
 def reproduce(run_id: str, uri: str | None = None, out=sys.stdout) -> int:
-    client, uri = open_store(uri)
+    client, uri = open_store(uri, run_id)
+    from backprop_lab.tracking import client as tracking
+
     with tempfile.TemporaryDirectory(prefix="bpl-repro-") as tmp:
         run, rc = load_run(client, uri, run_id, Path(tmp))
         outcome = recompute(rc)

@@ -116,6 +116,17 @@ def test_errors_and_unpicklable_values_come_back_as_failed_jobs(launch):
     assert "cannot be sent back from its worker" in str(rets[2]._return_value)
 
 
+def test_a_job_hydra_cannot_set_up_fails_alone_without_a_traceback(launch, tmp_path, capfd):
+    """Hydra's run_job raises before the task (its job folder cannot be made: a full disk, here a
+    file where job 1's folder goes): that job is FAILED with the error, its worker lives on."""
+    (tmp_path / "multirun").mkdir()
+    (tmp_path / "multirun" / "1").write_text("not a folder")
+    rets = launch(x_and_pid, [0, 1, 2, 3], n_jobs=2)
+    assert [r.status for r in rets] == [JobStatus.COMPLETED, JobStatus.FAILED] + [JobStatus.COMPLETED] * 2
+    assert type(rets[1]._return_value).__name__ == "FileExistsError"
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_sqlite_store_from_forked_workers_uses_fresh_connections(launch, tmp_path):
     """The driver has a pooled SQLite connection (prepare_store memoises its client); each worker
     logs through the same memoised client, but on a pool of its own."""

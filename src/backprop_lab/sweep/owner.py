@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from backprop_lab.config.schema import UserError
 from backprop_lab.sweep import jobs as sweep_jobs
-from backprop_lab.sweep import lock, report
+from backprop_lab.sweep import lock
 from backprop_lab.sweep.jobs import Job, SweepError
 from backprop_lab.tracking.run import RunSummary, SweepJob, print_line
 
@@ -205,6 +205,7 @@ class Sweep:
         from mlflow.entities import Metric, RunTag
 
         from backprop_lab.analysis import summary
+        from backprop_lab.sweep import report  # pandas, matplotlib, mlflow: not before a bad job is refused
 
         keys = sweep_jobs.swept_labels(jobs)
         per = summary.preset_per(jobs[0].run_config.sweep)
