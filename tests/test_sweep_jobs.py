@@ -2,11 +2,13 @@
 
 Every job composed the short way (one Hydra composition per set of config-group choices, plain
 overrides applied to a copy) must equal the job composed in full, exactly as the launcher will:
-same config (hydra node included), same validated RunConfig, same config key, same errors.
+same config (hydra node included), same validated RunConfig, same config key, same errors. Each
+preset's jobs are composed once here and checked against what the preset is for.
 """
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -42,13 +44,32 @@ def task_config(job_cfg: DictConfig) -> dict:
     return OmegaConf.to_container(task, resolve=True)
 
 
-def assert_fast_equals_full(cfg: DictConfig) -> sweep_jobs.JobComposer:
+GROUPS = {p.name for p in CONF.iterdir() if p.is_dir()}  # config groups (init, optim, data, ...)
+
+
+def full_sample(job_overrides: list) -> list[int]:
+    """Which jobs to compare with their full composition (~1 s each): the first and the last, the
+    first of each distinct set of config-group choices (each cached base of the short way), and a
+    fixed, seeded sample of 8."""
+    firsts: dict[tuple[str, ...], int] = {}
+    for i, overrides in enumerate(job_overrides):
+        groups = tuple(o for o in overrides if o.split("=", 1)[0].lstrip("+~") in GROUPS)
+        firsts.setdefault(groups, i)
+    n = len(job_overrides)
+    seeded = random.Random(0).sample(range(n), k=min(n, 8))
+    return sorted({0, n - 1, *firsts.values(), *seeded})
+
+
+def assert_fast_equals_full(cfg: DictConfig) -> tuple[sweep_jobs.JobComposer, list[sweep_jobs.Job]]:
     job_overrides = sweep_jobs.expand_jobs(cfg)
     loader = GlobalHydra.instance().config_loader()
     composer = sweep_jobs.JobComposer(cfg)
     jobs = sweep_jobs.compose_jobs(cfg, job_overrides)
     assert len(jobs) == len(job_overrides) > 1
-    for job, overrides in zip(jobs, job_overrides, strict=True):
+    # compose_jobs composed and validated every job the short way; a sample is composed again
+    # (short way and in full) and must match it.
+    for i in full_sample(job_overrides):
+        job, overrides = jobs[i], job_overrides[i]
         fast = composer.compose(list(overrides))
         full = loader.load_sweep_config(cfg, list(overrides))
         assert OmegaConf.to_container(fast) == OmegaConf.to_container(full), overrides
@@ -57,7 +78,7 @@ def assert_fast_equals_full(cfg: DictConfig) -> sweep_jobs.JobComposer:
         run_config = bpl_config.validate(task_config(full))
         assert job.run_config == run_config, overrides
         assert job.config_key == bpl_config.config_key(run_config), overrides
-    return composer
+    return composer, jobs
 
 
 # --------------------------------------------------------------------------- same configs
@@ -67,10 +88,31 @@ def assert_fast_equals_full(cfg: DictConfig) -> sweep_jobs.JobComposer:
                                     *(p for p in PRESETS if p != "default")])
 def test_every_preset_composes_the_same_configs_the_short_way(hydra_conf, preset):
     cfg = hydra_conf(f"+sweep={preset}")
-    composer = assert_fast_equals_full(cfg)
+    composer, jobs = assert_fast_equals_full(cfg)
     # One full composition per distinct config-group choice of the preset, not one per job.
     groups = {"default": 3, "seeds": 1, "datasets": 5, "optimizers": 5, "deep_init": 4}
     assert len(composer.bases) == groups[preset]
+    # ... and the preset asks what it says (its jobs, validated, are the sweep's).
+    rcs = [j.run_config for j in jobs]
+    assert {rc.experiment_name for rc in rcs} == {f"backprop-lab/{preset}"}
+    assert {(rc.sweep or {}).get("preset") for rc in rcs} == {preset}
+    assert len({j.config_key for j in jobs}) == len(jobs), "two jobs compute the same thing"
+    assert len({j.name for j in jobs}) == len(jobs), "two jobs share a run name"
+    if preset == "default":
+        assert len({rc.optim.lr for rc in rcs}) >= 3 and len({rc.model.width for rc in rcs}) >= 4
+        assert len({rc.init.name for rc in rcs}) >= 3 and len(jobs) >= 36
+    elif preset == "seeds":
+        assert len({rc.seed for rc in rcs}) >= 5
+    elif preset == "datasets":
+        assert {rc.data.name for rc in rcs} == {"blobs", "moons", "circles", "xor", "spirals"}
+    elif preset == "optimizers":
+        assert {rc.optim.name for rc in rcs} == {"gd", "sgd", "momentum", "nesterov", "adam"}
+    elif preset == "deep_init":
+        # He et al. (2015, Fig. 3): depth 30, every scheme at the same lr, seeds for bands.
+        assert all(len(rc.model.hidden_sizes) >= 30 and rc.model.activation == "relu" for rc in rcs)
+        assert {rc.init.name for rc in rcs} >= {"he", "xavier", "lecun", "normal"}
+        assert {rc.init.std for rc in rcs if rc.init.name == "normal"} == {0.01}
+        assert len({rc.seed for rc in rcs}) >= 3 and {rc.sweep["per"] for rc in rcs} == {"init"}
 
 
 @pytest.mark.parametrize("overrides, n_bases", [
@@ -83,7 +125,7 @@ def test_every_preset_composes_the_same_configs_the_short_way(hydra_conf, preset
     (("optim=adam,sgd", "optim.lr=${seed}", "model.hidden_sizes=[8,4]", "seed=1"), 2),
 ])
 def test_command_line_cases_compose_the_same_configs(hydra_conf, overrides, n_bases):
-    composer = assert_fast_equals_full(hydra_conf(*overrides))
+    composer, _ = assert_fast_equals_full(hydra_conf(*overrides))
     assert len(composer.bases) == n_bases
 
 
