@@ -186,7 +186,10 @@ def test_parallel_runs_logging_the_same_dataset_do_not_collide(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracking.prepare_store(uri, str(tmp_path / "art"))
     client = tracking.MlflowClient(uri)
-    ctx = mp.get_context("spawn")
+    # A fork server that imported MLflow once: each racer is a fork of it (a spawned racer paid
+    # MLflow's import, ~5 s of CPU, eight times), and none inherits this process's threads.
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["backprop_lab.tracking.client", "backprop_lab.core.data"])
     for round_ in range(2):  # without the retry this failed in the first round here
         exp_id = tracking.ensure_experiment(client, f"race-{round_}", str(tmp_path / "art"))
         barrier, out = ctx.Barrier(4), ctx.Queue()
