@@ -208,3 +208,80 @@ def test_run_image_reads_the_decision_boundary_png(store, runs):
     assert 0.0 <= image.min() and image.max() <= 1.0 and image.std() > 0  # a picture, not a blank
     with pytest.raises(analysis.AnalysisError, match=r"plots/nope.png.*present: .*decision_boundary.png"):
         analysis.run_image(store.uri, runs["run_id"].iloc[0], "plots/nope.png")
+
+
+# --- the fast read (tracking/tables.py) against MLflow's search_runs ------------------------
+
+def _both_paths(uri: str, **selection):
+    fast = analysis.load_runs(uri, **selection)
+    slow = analysis.load_runs(uri, **selection, fast=False)
+    assert (fast.attrs["read_path"], slow.attrs["read_path"]) == ("sql", "search_runs")
+    return fast, slow
+
+
+@pytest.mark.slow
+def test_load_runs_sql_read_equals_search_runs_on_the_real_sweep(store, runs):
+    """Every selection: the latest sweep (its children + the reused run found by id), and the
+    whole experiment (parents dropped); same rows, columns, values and dtypes."""
+    import pandas as pd
+
+    assert runs.attrs["read_path"] == "sql" and runs["reused"].sum() == 1
+    for selection in ({"parent_run_id": analysis.latest_sweep(store.uri, DEFAULT)},
+                      {"experiment": DEFAULT}):
+        fast, slow = _both_paths(store.uri, **selection)
+        pd.testing.assert_frame_equal(fast, slow)
+    assert fast["status"].eq("diverged").any() and fast.filter(like="gradcheck/").shape[1] > 0
+
+
+def test_load_runs_sql_read_keeps_nan_names_and_skips_deleted_runs(tmp_path, empty_store):
+    """What search_runs returns: a metric stored as NaN stays NaN, an unnamed run takes its
+    mlflow.runName tag, deleted runs and other experiments' runs are left out."""
+    import math
+
+    import pandas as pd
+
+    client = MlflowClient(empty_store)
+    exp = client.create_experiment(DEFAULT, artifact_location=str(tmp_path / "a"))
+    other = client.create_experiment("backprop-lab/other", artifact_location=str(tmp_path / "b"))
+    kept = client.create_run(exp, run_name="kept", tags={"bpl.status": "finished"})
+    client.log_param(kept.info.run_id, "optim.lr", "0.1")
+    client.log_metric(kept.info.run_id, "final/test_loss", float("nan"))
+    for step, value in enumerate([3.0, 2.0]):  # the newest step wins
+        client.log_metric(kept.info.run_id, "final/test_acc", value, step=step)
+    client.set_terminated(kept.info.run_id)
+    deleted = client.create_run(exp)
+    client.delete_run(deleted.info.run_id)
+    client.create_run(other)
+    fast, slow = _both_paths(empty_store, experiment=DEFAULT)
+    pd.testing.assert_frame_equal(fast, slow)
+    assert list(fast["run_id"]) == [kept.info.run_id] and fast.loc[0, "run_name"] == "kept"
+    assert math.isnan(fast.loc[0, "final/test_loss"]) and fast.loc[0, "final/test_acc"] == 2.0
+    assert fast.loc[0, "lr"] == 0.1 and fast.loc[0, "status"] == "finished"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["table changed", "statement raised"])
+def test_load_runs_sql_read_failure_falls_back_with_one_warning(store, runs, monkeypatch, fault):
+    import warnings
+
+    import pandas as pd
+
+    from backprop_lab.tracking import tables
+
+    if fault == "table changed":  # a column MLflow no longer has: no query is sent
+        monkeypatch.setitem(tables.READ_COLUMNS, "runs", tables.READ_COLUMNS["runs"] | {"gone"})
+    else:  # e.g. a column whose type changed: the database refuses the statement
+        import types
+
+        import sqlalchemy.exc
+
+        def refuse(sql):
+            raise sqlalchemy.exc.OperationalError(sql, (), Exception("no such column: name"))
+        monkeypatch.setattr(tables, "sqlalchemy", types.SimpleNamespace(text=refuse))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = analysis.load_runs(store.uri, parent_run_id=analysis.latest_sweep(store.uri, DEFAULT))
+    said = [str(w.message) for w in caught if "MLflow's tables" in str(w.message)]
+    assert len(said) == 1 and "search_runs" in said[0] and "\n" not in said[0]
+    assert again.attrs["read_path"] == "search_runs" and again["reused"].sum() == 1
+    pd.testing.assert_frame_equal(again, runs)

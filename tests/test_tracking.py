@@ -272,6 +272,27 @@ def test_metrics_table_contract_of_the_pinned_mlflow(store):
     assert client._tracking_client.store.engine.url.drivername == "sqlite"  # the attribute used
 
 
+def test_read_columns_contract_of_the_pinned_mlflow(store, monkeypatch):
+    """analysis.load_runs reads MLflow's runs, params, tags and latest_metrics tables directly
+    (tracking/tables.py): every column it reads is in MLflow's models and in a migrated store."""
+    import sqlite3
+
+    import mlflow
+
+    from backprop_lab.tracking import tables
+
+    assert mlflow.__version__ == "3.17.2"  # moved together with the metrics contract above
+    tables.check_tables()
+    client, uri, _ = store
+    with sqlite3.connect(tracking.sqlite_path(uri)) as con:
+        for table, columns in tables.READ_COLUMNS.items():
+            have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+            assert columns <= have, (table, sorted(columns - have))
+    monkeypatch.setitem(tables.READ_COLUMNS, "runs", tables.READ_COLUMNS["runs"] | {"gone"})
+    with pytest.raises(LookupError, match="'runs' table lacks columns \\['gone'\\]"):
+        tables.check_tables()
+
+
 SERIES = [("train/loss", range(40), [1.0 / (i + 1) for i in range(40)]),
           ("test/acc", range(40), [i / 40 for i in range(40)])]
 
