@@ -10,6 +10,7 @@ from backprop_lab.core.data import load_dataset
 from backprop_lab.core.mlp import MLP
 from backprop_lab.core.optim import make_optimizer
 from backprop_lab.core.rng import make_rng
+from backprop_lab.core import train as train_mod
 from backprop_lab.core.train import Trainer, metric_names, train
 
 
@@ -161,3 +162,29 @@ def test_trainer_epoch_matches_train():
     np.testing.assert_array_equal(losses, r.history["train/loss"])
     for k in params:
         np.testing.assert_array_equal(tr.params[k], r.params[k])
+
+
+def test_fast_norm_matches_the_scaled_reference_and_survives_extremes():
+    rng = np.random.default_rng(7)
+    for shape in [(2, 4), (64, 64), (3,)]:
+        for scale in (1e-120, 1e-3, 1.0, 1e3, 1e120):
+            a = rng.standard_normal(shape) * scale
+            fast, ref = train_mod._norm(a), train_mod._norm_scaled(a)
+            assert fast == pytest.approx(ref, rel=4e-16) and fast == pytest.approx(np.linalg.norm(a), rel=1e-15)
+    # Where one dot product would overflow or underflow, the reference answers (exactly its value);
+    # train() runs under np.errstate(over="ignore"), as here.
+    with np.errstate(over="ignore"):
+        for a in (np.full((3, 3), 1e200), np.full((3, 3), 1e-200), np.array([1e-300, 0.0]),
+                  np.array([np.finfo(float).max, 1.0])):
+            assert train_mod._norm(a) == train_mod._norm_scaled(a) and math.isfinite(train_mod._norm(a))
+    assert train_mod._norm(np.zeros(4)) == 0.0
+    assert train_mod._norm(np.array([1.0, np.inf])) == math.inf
+    assert math.isnan(train_mod._norm(np.array([1.0, np.nan])))
+
+
+def test_accuracy_and_fractions_equal_numpys_mean():
+    rng = np.random.default_rng(3)
+    logits, y = rng.standard_normal(331), (rng.random(331) > 0.5).astype(float)
+    assert train_mod._acc(logits, y) == float(np.mean((logits >= 0) == y))
+    mask = rng.random((7, 13)) > 0.3
+    assert train_mod._fraction(mask) == float(np.mean(mask))
