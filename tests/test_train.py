@@ -6,11 +6,11 @@ import warnings
 import numpy as np
 import pytest
 
+from backprop_lab.core import train as train_mod
 from backprop_lab.core.data import load_dataset
 from backprop_lab.core.mlp import MLP
 from backprop_lab.core.optim import make_optimizer
 from backprop_lab.core.rng import make_rng
-from backprop_lab.core import train as train_mod
 from backprop_lab.core.train import Trainer, metric_names, train
 
 
@@ -170,7 +170,8 @@ def test_fast_norm_matches_the_scaled_reference_and_survives_extremes():
         for scale in (1e-120, 1e-3, 1.0, 1e3, 1e120):
             a = rng.standard_normal(shape) * scale
             fast, ref = train_mod._norm(a), train_mod._norm_scaled(a)
-            assert fast == pytest.approx(ref, rel=4e-16) and fast == pytest.approx(np.linalg.norm(a), rel=1e-15)
+            assert fast == pytest.approx(ref, rel=4e-16)
+            assert fast == pytest.approx(np.linalg.norm(a), rel=1e-15)
     # Where one dot product would overflow or underflow, the reference answers (exactly its value);
     # train() runs under np.errstate(over="ignore"), as here.
     with np.errstate(over="ignore"):

@@ -117,16 +117,28 @@ def compose_jobs(config: DictConfig, job_overrides: list[list[str]], loader: Any
                 job_cfg.hydra.job.num = index
                 job_cfg.hydra.job.id = f"{job_cfg.hydra.job.name}_{index}"
             hydra_config.set_config(job_cfg)  # ${hydra:...} resolves as inside the job
-            task_cfg = copy.deepcopy(job_cfg)  # what the task function gets: no hydra node
-            with read_write(task_cfg), open_dict(task_cfg):
-                del task_cfg["hydra"]
-            run_config = bpl_config.validate(task_cfg)  # ConfigError: one line
+            run_config = bpl_config.validate(_task_dict(job_cfg))  # ConfigError: one line
             jobs.append(Job(list(overrides), run_config, bpl_config.config_key(run_config),
                             names.run_name(overrides),
                             names.named_values(overrides, run_config.model_dump(mode="json"))))
     finally:
         hydra_config.cfg = previous
     return jobs
+
+
+def _task_dict(job_cfg: DictConfig) -> Any:
+    """What the task function gets (the config without its hydra node), resolved, as plain
+    containers: key by key, without the deep copy of the whole config that deleting `hydra` from
+    a copy costs (~50 ms a job). An interpolation that cannot resolve: the config itself, so
+    `validate` reports it in its one line."""
+    try:
+        return {key: OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+                for key in job_cfg if key != "hydra" for node in (job_cfg[key],)}
+    except Exception:
+        task_cfg = copy.deepcopy(job_cfg)
+        with read_write(task_cfg), open_dict(task_cfg):
+            del task_cfg["hydra"]
+        return task_cfg
 
 
 def swept_labels(jobs: list[Job]) -> list[str]:
