@@ -122,7 +122,8 @@ def test_bad_values_give_one_line_naming_the_key(overrides, expected):
 
 def test_config_key_ignores_tracking_and_force_but_not_semantics():
     base = C.validate(_compose())
-    same = C.validate(_compose(["force=true", "tracking.uri=sqlite:////tmp/x.db", "experiment_name=other"]))
+    same = C.validate(_compose(["force=true", "tracking.uri=sqlite:////tmp/x.db", "experiment_name=other",
+                                "train.snapshot_seeds=null"]))
     other_lr = C.validate(_compose(["optim.lr=0.2"]))
     explicit = C.validate(_compose(["model.hidden_sizes=[10]"]))
     assert C.config_key(base) == C.config_key(same) == C.config_key(explicit)

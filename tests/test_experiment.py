@@ -268,6 +268,17 @@ def test_boundary_images_form_over_log_spaced_steps_and_the_trained_one_is_retur
     assert not np.array_equal(frames[0], frames[120])  # the boundary moved while training
 
 
+@pytest.mark.parametrize(("overrides", "steps"), [
+    (("seed=1",), [30]),  # not in train.snapshot_seeds ([0]): the final boundary only
+    (("seed=1", "train.snapshot_seeds=[0,1]"), [0, 10, 30]),
+    (("seed=2", "train.snapshot_seeds=null"), [0, 10, 30]),  # null: every seed
+])
+def test_only_the_snapshot_seeds_log_the_boundary_forming_every_run_its_last(make_cfg, overrides, steps):
+    client, run_id, recorded = _recorded_run(make_cfg, "train.epochs=30", *overrides)
+    assert recorded.status == "finished"
+    assert _image_steps(_artifacts(client, run_id)) == steps
+
+
 @pytest.mark.parametrize("optim", ["gd", "sgd"])
 def test_snapshots_hand_the_params_of_their_epoch_and_change_nothing(optim):
     from backprop_lab.core.data import load_dataset

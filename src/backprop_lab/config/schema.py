@@ -224,6 +224,9 @@ class TrainConfig(_Section):
     epochs: PosInt = 1000
     dtype: Literal[DTYPES] = "float64"
     log_every: PosInt = 1
+    # Seeds whose runs also log the decision boundary while training (steps 0, 10, 100, ...);
+    # every run logs its final boundary. None: every seed (tracking/record.py says why).
+    snapshot_seeds: list[Annotated[int, Field(ge=0)]] | None = [0]
 
     @field_validator("epochs")
     @classmethod
@@ -362,8 +365,11 @@ def public_dict(rc: RunConfig) -> dict[str, Any]:
 
 
 def semantic_dict(rc: RunConfig) -> dict[str, Any]:
-    """The part of the config that decides what a run computes."""
-    return {k: v for k, v in rc.model_dump(mode="json").items() if k not in NON_SEMANTIC_KEYS}
+    """The part of the config that decides what a run computes (which snapshots it draws does
+    not: `train.snapshot_seeds` is left out, so the keys of runs logged before it existed hold)."""
+    out = {k: v for k, v in rc.model_dump(mode="json").items() if k not in NON_SEMANTIC_KEYS}
+    out["train"] = {k: v for k, v in out["train"].items() if k != "snapshot_seeds"}
+    return out
 
 
 def config_key(rc: RunConfig) -> str:

@@ -6,8 +6,9 @@ What a run costs the store is bounded whatever its epoch count: each per-epoch s
 MLflow downsampled to at most SERIES_POINTS evenly spaced epochs (first and last included, the
 real epoch numbers as steps: enough for the UI's charts), and the exact history goes to the
 `history.npz` artifact. The decision boundary is logged with MLflow's `log_image` (key
-`decision_boundary`) at the log-spaced epochs of `train.snapshot_schedule` and at the end, so
-the UI's image grid compares runs side by side and its step slider shows the boundary forming.
+`decision_boundary`) at the end of every run, so the UI's image grid compares runs side by side,
+and, for the seeds in `train.snapshot_seeds` (default: seed 0), at the log-spaced epochs of
+`train.snapshot_schedule`, so its step slider shows the boundary forming.
 """
 
 from __future__ import annotations
@@ -65,7 +66,6 @@ def train_and_log(client, info, rc: RunConfig, overrides, t0: float, on_epoch=No
     from backprop_lab.core.data import load_dataset
     from backprop_lab.core.mlp import MLP
     from backprop_lab.core.rng import make_rng
-    from backprop_lab.core.train import snapshot_schedule
     from backprop_lab.figures import plots, render
     from backprop_lab.tracking import client as tracking
 
@@ -101,7 +101,7 @@ def train_and_log(client, info, rc: RunConfig, overrides, t0: float, on_epoch=No
     try:
         outcome = compute.compute(rc, dataset, model, compute.progress_for(rc.train.epochs),
                                   on_trained=write_history, on_epoch=on_epoch,
-                                  snapshot_epochs=snapshot_schedule(rc.train.epochs),
+                                  snapshot_epochs=snapshot_epochs(rc),
                                   on_snapshot=log_boundary)
         log_boundary(int(outcome.scalars["final/epochs_run"]), outcome.params)  # the last step
         boundary_png = render.decision_boundary_png(model, outcome.params, dataset)
@@ -129,6 +129,22 @@ def train_and_log(client, info, rc: RunConfig, overrides, t0: float, on_epoch=No
     tracking.log_metrics(client, run_id, metrics, tags=end_tags)
     client.set_terminated(run_id, "FINISHED")
     return Recorded(outcome.status, final, boundary_png)
+
+
+def snapshot_epochs(rc: RunConfig) -> list[int]:
+    """The epochs at which this run logs its decision boundary while training: the log-spaced
+    `snapshot_schedule` for the seeds in `train.snapshot_seeds` (all seeds when it is None),
+    none for the others. Every run logs its final boundary besides (the image grid's last step).
+
+    Why not every seed: one `log_image` costs a PNG and a WebP encoding plus two files and a tag
+    (~25-70 ms here), about as much as 1/10 of a default run's compute; the seeds of a
+    configuration differ in their end state, which every run shows, far more than in how the
+    boundary forms, which one seed per configuration shows (docs/speed.md).
+    """
+    from backprop_lab.core.train import snapshot_schedule
+
+    seeds = rc.train.snapshot_seeds
+    return snapshot_schedule(rc.train.epochs) if seeds is None or rc.seed in seeds else []
 
 
 def write_history_npz(path: Path, history: dict[str, np.ndarray]) -> None:

@@ -1,0 +1,109 @@
+"""Where a sweep job's CPU goes, phase by phase (issue 14): one process, warm, no profiler.
+
+    .venv/bin/python scripts/bench_phases.py [--jobs-per-cell 1]
+
+The jobs: lr {0.1, 1.0} x width {2, 16, 64} x init {he, normal} of the default preset (seed 0,
+1000 epochs), on a fresh SQLite store in a temporary folder. Measured as process CPU time
+(every thread of this process), per job:
+  compose   JobComposer.compose: the job's config from the cached base (the driver does it once
+            to validate, the launcher's worker again to run it)
+  run_job   Hydra's run_job around a task that does nothing (job folder, .hydra/ copies,
+            HydraConfig, logging)
+  run.run   the job's task: tracking.run.run (validate, store, compute, figures, MLflow)
+  compute   the same configs through core.compute alone (the compute floor's part)
+run.run - compute is what tracking and figures cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tempfile
+import time
+from pathlib import Path
+
+from backprop_lab.env import set_quiet_env
+
+set_quiet_env()
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=1000)
+    args = ap.parse_args()
+
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import run_job
+    from hydra.types import HydraContext
+    from omegaconf import open_dict
+    from threadpoolctl import threadpool_limits
+
+    from backprop_lab.config.schema import validate
+    from backprop_lab.core import compute
+    from backprop_lab.core.data import load_dataset
+    from backprop_lab.core.mlp import MLP
+    from backprop_lab.core.rng import make_rng
+    from backprop_lab.sweep.jobs import JobComposer
+    from backprop_lab.tracking import run as R
+    from backprop_lab.tracking.run import JobContext
+
+    cpu = time.process_time
+    with tempfile.TemporaryDirectory(prefix="bpl-phases-") as tmp:
+        root = Path(tmp)
+        # As a sweep's jobs get them: the command line's task overrides in every job's list.
+        store = [f"tracking.uri=sqlite:///{root / 'mlflow.db'}", f"tracking.artifact_root={root / 'art'}"]
+        jobs = [[f"optim.lr={lr}", f"model.width={w}", f"init={i}", "seed=0", f"train.epochs={args.epochs}",
+                 *store] for lr in (0.1, 1.0) for w in (2, 16, 64) for i in ("he", "normal")]
+        with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+            cfg = compose("config", ["+sweep=default", *store, f"hydra.sweep.dir={root / 'multirun'}"],
+                          return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)
+            loader = GlobalHydra.instance().config_loader()
+            composer = JobComposer(cfg, loader)
+            composer.compose(jobs[0])  # the cached base
+            t = cpu()
+            composed = [composer.compose(overrides) for overrides in jobs]
+            t_compose = (cpu() - t) / len(jobs)
+            context = HydraContext(config_loader=loader, callbacks=Callbacks(cfg))
+            t = cpu()
+            for k, job_cfg in enumerate(composed):
+                with open_dict(job_cfg):
+                    job_cfg.hydra.job.id = job_cfg.hydra.job.num = k
+                run_job(hydra_context=context, task_function=lambda _cfg: None, config=job_cfg,
+                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+            t_run_job = (cpu() - t) / len(jobs)
+            configs = [validate(job_cfg) for job_cfg in composed]
+            with threadpool_limits(limits=1, user_api="blas"):
+                quiet = io.StringIO()
+                # A warm-up run: the figure layouts, compiled SQL, fonts (a first run costs ~3x).
+                warm = [*jobs[0], "seed=99"]
+                R.run(composer.compose(warm), JobContext(mode="multirun", overrides=tuple(warm)), out=quiet)
+                t = cpu()
+                statuses = [R.run(job_cfg, JobContext(mode="multirun", overrides=tuple(overrides)), out=quiet)
+                            .status for job_cfg, overrides in zip(composed, jobs, strict=True)]
+                t_run = (cpu() - t) / len(jobs)
+                if set(statuses) - {"finished", "diverged"}:
+                    raise SystemExit(f"bench_phases: runs did not train ({statuses}):\n{quiet.getvalue()}")
+                t = cpu()
+                for rc in configs:
+                    ds = load_dataset(rc.data.name, rng=make_rng(rc.seed, "data"), dtype=rc.train.dtype,
+                                      n_samples=rc.data.n_samples, noise=rc.data.noise,
+                                      test_fraction=rc.data.test_fraction)
+                    compute.compute(rc, ds, MLP(rc.model.layer_sizes(ds.X_train.shape[1]),
+                                                activation=rc.model.activation))
+                t_compute = (cpu() - t) / len(jobs)
+    ms = 1000.0
+    print(f"per job, CPU ms ({len(jobs)} jobs x {args.epochs} epochs, warm, one process):")
+    print(f"  compose {t_compose * ms:.0f} (x2: driver + worker)   run_job {t_run_job * ms:.0f}")
+    print(f"  run.run {t_run * ms:.0f} = compute {t_compute * ms:.0f} + tracking and figures "
+          f"{(t_run - t_compute) * ms:.0f}")
+    overhead = 2 * t_compose + t_run_job + t_run - t_compute
+    print(f"  overhead / compute = {overhead / t_compute:.2f} (target of issue 14: <= 0.30)")
+
+
+if __name__ == "__main__":
+    main()
