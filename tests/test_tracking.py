@@ -338,6 +338,28 @@ def test_fast_history_insert_falls_back_to_log_batch_with_one_warning(store, mon
     assert client.get_run(runs[0]).data.metrics == client.get_run(reference).data.metrics
 
 
+def test_a_full_disk_fails_the_history_write_without_the_fallback_warning(store, monkeypatch, capsys):
+    """The fast insert meets a full disk: that is the store failing (the run ends FAILED with
+    its line), not MLflow's schema changing, so no 'Upgrading MLflow' warning and no slow retry."""
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    client, _, art = store
+    run_id = client.create_run(tracking.ensure_experiment(client, "full", art)).info.run_id
+    monkeypatch.setattr(tracking, "_WARNED", set())
+
+    def full(*args):
+        full_disk = sqlite3.OperationalError("database or disk is full")  # SQLite's SQLITE_FULL text
+        raise sqlalchemy.exc.OperationalError("INSERT", (), full_disk)
+
+    monkeypatch.setattr(tracking, "_insert_metric_rows", full)
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="disk is full"):
+        tracking.log_history_async(client, run_id, SERIES, 5).result()
+    assert capsys.readouterr().err == ""
+    assert client.get_metric_history(run_id, "train/loss") == []
+
+
 HOLDER = r"""
 import os, sys
 from backprop_lab.tracking import store

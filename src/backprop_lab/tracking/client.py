@@ -234,6 +234,8 @@ def log_history_async(client: MlflowClient, run_id: str, series,
                 _insert_metric_rows(client, run_id, timestamp_ms, rows, blob)
                 return HistoryWrite(latest, "bulk")
             except Exception as exc:  # any surprise: the public API for this run
+                if _store_refused(exc):  # a full disk is no reason to change paths: the run fails
+                    raise
                 first_line = (str(exc).strip().splitlines() or [""])[0][:160]
                 _warn_once(f"fast history insert into MLflow's metrics table failed "
                            f"({type(exc).__name__}: {first_line}); writing histories "
@@ -281,6 +283,14 @@ def _warn_once(message: str) -> None:
 #: The columns of MLflow's `metrics` table the fast insert writes, and all the table has (MLflow
 #: 3.17.2). Any other set means MLflow changed the table: the insert is not attempted.
 METRICS_COLUMNS = frozenset({"run_uuid", "key", "value", "timestamp", "step", "is_nan"})
+
+
+# SQLite's own refusals of a write (sqlite3 error texts): the store failed, not MLflow's schema.
+_STORE_REFUSALS = ("disk is full", "disk I/O error", "database is locked", "readonly database")
+
+
+def _store_refused(exc: BaseException) -> bool:
+    return isinstance(exc, sqlalchemy.exc.OperationalError) and any(r in str(exc) for r in _STORE_REFUSALS)
 
 
 def _insert_metric_rows(client: MlflowClient, run_id: str, timestamp_ms: int, rows: list,
