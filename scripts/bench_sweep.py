@@ -15,8 +15,11 @@ Parts (--only, comma-separated):
           `mlflow.sklearn.autolog()` (every configuration logged) on a fresh SQLite store, the
           same number of configurations (lr x width x one more axis: random_state) and epochs.
   store   store bytes per run at 200, 20,000 and 100,000 epochs (one run each, fresh store).
-  scale   a sweep of --scale-runs tiny runs: per-run overhead against run index (figure in
-          docs/img/), then analysis.load_runs of them.
+  scale   a sweep of --scale-runs tiny runs: per-run overhead against run index (figure
+          docs/img/scale_overhead.png), then analysis.load_runs of them. --scale-store DIR keeps
+          the SQLite store (a DIR holding one is read again); --scale-server URL logs through a
+          tracking server instead (make server STORE_URI=postgresql://...); --scale-read only
+          reads; --json FILE keeps the curve, --scale-figure A.json B.json draws one panel each.
 Each timed part runs --repeat times; the MINIMUM is reported (the machine is shared: the min is
 the least disturbed run). Targets: cold <= 0.7 x peer; cold <= 1.3 x floor + imports.
 """
@@ -38,6 +41,7 @@ from backprop_lab import QUIET_ENV  # (its import turned telemetry off here too)
 
 REPO = Path(__file__).resolve().parent.parent
 PARTS = ("floor", "imports", "cold", "peer", "store", "scale")
+SCALE_FIGURE = REPO / "docs" / "img" / "scale_overhead.png"
 
 
 # --------------------------------------------------------------------------- the sweep's jobs
@@ -213,9 +217,22 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs of each timed part (the min is kept)")
     ap.add_argument("--jobs", type=int, default=None, help="hydra.launcher.n_jobs of the cold sweep")
     ap.add_argument("--scale-runs", type=int, default=1000)
+    ap.add_argument("--scale-store", type=Path, default=None,
+                    help="scale: keep the SQLite store in this folder (a folder holding it is read again)")
+    ap.add_argument("--scale-server", default=None,
+                    help="scale: log through this tracking server (make server) instead of SQLite")
+    ap.add_argument("--scale-label", default=None, help="scale: the panel's title (default: the store)")
+    ap.add_argument("--scale-read", action="store_true",
+                    help="scale: only read the sweep already in --scale-store / --scale-server")
+    ap.add_argument("--scale-figure", type=Path, nargs="*", default=None,
+                    help="scale: draw docs/img/scale_overhead.png from these --json files (one panel each)")
     ap.add_argument("--store-epochs", default="200,20000,100000", help="epoch counts of the store part")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = ap.parse_args()
+    if args.scale_figure:  # only the figure, from earlier --json results
+        scale_figure([json.loads(p.read_text()) for p in args.scale_figure], SCALE_FIGURE)
+        print(f"bench_sweep: {SCALE_FIGURE.relative_to(REPO)} from {len(args.scale_figure)} results")
+        return
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
@@ -257,7 +274,14 @@ def main() -> None:
             epochs_list = [int(e) for e in args.store_epochs.split(",")]
             res["store_bytes_per_run"] = store_bytes(tmp, epochs_list)
         if "scale" in parts:
-            res.update(scale(tmp, args.scale_runs))
+            label = args.scale_label or ("PostgreSQL via make server" if args.scale_server else "SQLite")
+            load = None if args.scale_read else round(os.getloadavg()[0], 1)  # at the sweep's start
+            res.update(scale(tmp, args.scale_runs, store=args.scale_store, server=args.scale_server,
+                             label=label, jobs=args.jobs, read_only=args.scale_read),
+                       jobs=args.jobs or os.cpu_count(), load=load)
+            if not args.scale_figure:
+                scale_figure([res], SCALE_FIGURE)
+                print(f"          figure: {SCALE_FIGURE.relative_to(REPO)}", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _verdict(res)
@@ -319,26 +343,45 @@ def _bytes(folder: Path, pattern: str) -> int:
     return sum(p.stat().st_size for p in folder.glob(pattern) if p.is_file())
 
 
-def scale(tmp: Path, n_runs: int, epochs: int = 5) -> dict:
-    """A sweep of n_runs tiny runs (seed=0..n-1, gradient checks off); per-run overhead against
-    run index as a figure; then analysis.load_runs of the sweep, timed."""
-    store = tmp / "scale"
-    uri = f"sqlite:///{store / 'mlflow.db'}"
+def scale(tmp: Path, n_runs: int, epochs: int = 5, store: Path | None = None,
+          server: str | None = None, label: str = "SQLite", jobs: int | None = None,
+          read_only: bool = False) -> dict:
+    """A sweep of n_runs tiny runs (seed=0..n-1, gradient checks off), then its per-run overhead
+    against run index, and analysis.load_runs of the sweep, timed.
+
+    store: the SQLite store's folder (kept; a folder already holding the sweep is read, not
+    re-run); server: a tracking server's URL (`make server`) to log through instead;
+    read_only: read the sweep already logged there (e.g. one stopped early) without running it.
+    Two overheads per run: inside the run (`time/wall_s` minus its compute: create to the last
+    batch), and the sweep's wall time per run around its end (run ends over a window, x jobs,
+    minus compute: also the launcher's composing and the final writes)."""
+    store = store or tmp / "scale"
+    uri = server or f"sqlite:///{store / 'mlflow.db'}"
+    where = ["tracking=server", f"tracking.uri={server}"] if server else [
+        f"tracking.uri={uri}", f"tracking.artifact_root={store / 'art'}"]
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--multirun", "+sweep=default",
            "init=he", "optim.lr=0.1", "model.width=4", f"seed=range(0,{n_runs})", f"train.epochs={epochs}",
-           "gradcheck.enabled=false", f"tracking.uri={uri}", f"tracking.artifact_root={store / 'art'}",
-           f"hydra.sweep.dir={store / 'sweep'}", "experiment_name=bench/scale"]
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=tmp, env=_env(), capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    if proc.returncode != 0:
-        sys.exit(f"bench: the {n_runs}-run sweep failed: {proc.stderr.strip()[-800:]}")
+           "gradcheck.enabled=false", *where, f"hydra.sweep.dir={store / 'sweep'}",
+           "experiment_name=bench/scale"]
+    if jobs is not None:
+        cmd.append(f"hydra.launcher.n_jobs={jobs}")
+    done = read_only or (not server and (store / "mlflow.db").is_file())
+    wall = None
+    if not done:
+        load0, t = os.getloadavg()[0], time.perf_counter()
+        proc = subprocess.run(cmd, cwd=tmp, env=_env(), capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if proc.returncode != 0:
+            sys.exit(f"bench: the {n_runs}-run sweep failed: {proc.stderr.strip()[-800:]}")
+        print(f"  scale   {label}: {n_runs} runs x {epochs} epochs in {wall:.1f} s (load {load0:.1f} "
+              f"at start, {os.getloadavg()[0]:.1f} at end)", flush=True)
+    else:
+        print(f"  scale   {label}: reading the sweep already in {uri}", flush=True)
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("bench/scale")
-    runs = []
-    token = None
+    runs, token = [], None
     while True:
         page = client.search_runs([exp.experiment_id], "tags.`bpl.role` = 'child'", max_results=1000,
                                   page_token=token)
@@ -346,18 +389,14 @@ def scale(tmp: Path, n_runs: int, epochs: int = 5) -> dict:
         token = page.token
         if not token:
             break
-    points = sorted((int(r.data.params["seed"]),
-                     r.data.metrics["time/wall_s"] - r.data.metrics.get("time/train_s", 0.0)
-                     - r.data.metrics.get("time/gradcheck_s", 0.0)) for r in runs)
-    first = [o for _, o in points[: max(1, len(points) // 10)]]
-    last = [o for _, o in points[-max(1, len(points) // 10):]]
-    med = _median
-    print(f"  scale   {len(runs)} runs x {epochs} epochs in {wall:.1f} s; per-run overhead "
-          f"(wall - compute): median of the first 10 % {med(first):.3f} s, "
-          f"of the last 10 % {med(last):.3f} s", flush=True)
-    figure = REPO / "docs" / "img" / "scale_overhead.png"
-    _scale_figure(points, figure, f"{len(runs)}-run sweep ({epochs} epochs each, {os.cpu_count()} cores)")
-    print(f"          figure: {figure.relative_to(REPO)}", flush=True)
+    runs = [r for r in runs if "time/wall_s" in r.data.metrics]  # ended; a stopped sweep's last are not
+    series = scale_series(runs, jobs or os.cpu_count())
+    first, last = _tenths(series["in_run"])
+    print(f"  scale   {label}: {len(runs)} runs; per-run overhead inside the run: median of the first "
+          f"10 % {first:.3f} s, of the last 10 % {last:.3f} s", flush=True)
+    share_first, share_last = _tenths(series["share"])
+    print(f"          share of the sweep's wall per run - compute: first 10 % {share_first:.3f} s, "
+          f"last 10 % {share_last:.3f} s", flush=True)
     from backprop_lab import analysis
 
     loads = []
@@ -365,11 +404,40 @@ def scale(tmp: Path, n_runs: int, epochs: int = 5) -> dict:
         t = time.perf_counter()
         frame = analysis.load_runs(uri, "bench/scale")
         loads.append(time.perf_counter() - t)
-    print(f"  load    analysis.load_runs of {len(frame)} runs: {min(loads):.2f} s "
-          f"(all: {', '.join(f'{x:.2f}' for x in loads)}; target <= 3 s)", flush=True)
-    shutil.rmtree(store, ignore_errors=True)
-    return {"scale_runs": len(runs), "scale_wall_s": wall, "scale_overhead_first10pct_s": med(first),
-            "scale_overhead_last10pct_s": med(last), "load_runs_s": min(loads), "load_runs_rows": len(frame)}
+    path = frame.attrs["read_path"]
+    print(f"  load    analysis.load_runs of {len(frame)} runs ({path}): {min(loads):.2f} s "
+          f"(all: {', '.join(f'{x:.2f}' for x in loads)}; load {os.getloadavg()[0]:.1f}; target <= 3 s)",
+          flush=True)
+    return {"label": label, "scale_runs": len(runs), "scale_wall_s": wall, "series": series,
+            "scale_overhead_first10pct_s": first, "scale_overhead_last10pct_s": last,
+            "scale_share_first10pct_s": share_first, "scale_share_last10pct_s": share_last,
+            "load_runs_s": min(loads), "load_runs_rows": len(frame), "load_runs_path": path}
+
+
+def scale_series(runs: list, jobs: int) -> dict:
+    """in_run: [(seed, wall_s - compute)], by seed; share: [(i, the sweep's wall time per run
+    around the i-th run to end (its end gaps over a window of 2w runs) x jobs - compute)]."""
+    def compute_s(r):
+        m = r.data.metrics
+        return m.get("time/train_s", 0.0) + m.get("time/gradcheck_s", 0.0)
+
+    in_run = sorted((int(r.data.params["seed"]), r.data.metrics["time/wall_s"] - compute_s(r)) for r in runs)
+    ended = sorted((r for r in runs if r.info.end_time), key=lambda r: r.info.end_time)
+    ends = [r.info.end_time / 1000 for r in ended]
+    w = max(1, len(ends) // 40)
+    share = []
+    for i, r in enumerate(ended):
+        lo, hi = max(0, i - w), min(len(ends) - 1, i + w)
+        if hi > lo:
+            share.append((i, (ends[hi] - ends[lo]) / (hi - lo) * jobs - compute_s(r)))
+    return {"in_run": in_run, "share": share}
+
+
+def _tenths(points: list) -> tuple[float, float]:
+    """Medians of the first and of the last 10 % of the values."""
+    values = [v for _, v in points]
+    tenth = max(1, len(values) // 10)
+    return _median(values[:tenth]), _median(values[-tenth:])
 
 
 def _median(values: list) -> float:
@@ -378,24 +446,45 @@ def _median(values: list) -> float:
     return (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
 
 
-def _scale_figure(points: list, path: Path, title: str) -> None:
+def _rolling_median(values: list, window: int) -> list:
+    return [_median(values[max(0, i - window):i + window + 1]) for i in range(len(values))]
+
+
+def scale_figure(results: list[dict], path: Path) -> None:
+    """One panel per store: per-run overhead against run index (dots: one run; lines: the rolling
+    median of the in-run overhead, and the sweep's wall time per run over a window of run ends),
+    the first and last 10 % medians written on the panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    index = [i for i, _ in points]
-    overhead = [o for _, o in points]
-    window = max(1, len(points) // 50)
-    rolling = [_median(overhead[max(0, i - window):i + window + 1]) for i in range(len(overhead))]
-    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
-    ax.plot(index, overhead, ".", ms=2, alpha=0.35, color="tab:blue", label="one run")
-    ax.plot(index, rolling, color="tab:red", lw=1.5, label=f"rolling median ({2 * window + 1} runs)")
-    ax.set_xlabel("run index (seed)")
-    ax.set_ylabel("wall - compute per run (s)")
-    ax.set_ylim(0, max(rolling) * 3)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(len(results), 1, figsize=(8, 3.3 * len(results)), dpi=110, squeeze=False)
+    for ax, res in zip(axes[:, 0], results, strict=True):
+        in_run, share = res["series"]["in_run"], res["series"]["share"]
+        window = max(1, len(in_run) // 40)
+        x, y = [i for i, _ in in_run], [v for _, v in in_run]
+        ax.plot(x, y, ".", ms=2, alpha=0.3, color="tab:blue", label="one run: inside the run")
+        ax.plot(x, _rolling_median(y, window), color="tab:blue", lw=1.8,
+                label=f"inside the run, rolling median ({2 * window + 1} runs)")
+        sx, sy = [i for i, _ in share], [v for _, v in share]
+        ax.plot(sx, sy, color="tab:red", lw=1.8,
+                label=f"sweep's wall per run x jobs - compute ({2 * window + 1} runs' ends)")
+        lines = []
+        for name, pts in (("inside", in_run), ("share", share)):
+            first, last = _tenths(pts)
+            lines.append(f"{name}: first 10 % {first:.2f} s, last 10 % {last:.2f} s")
+        ax.text(0.01, 0.97, "\n".join(lines), transform=ax.transAxes, va="top", fontsize=8,
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
+        top = max(_rolling_median(y, window) + sy or [1.0])
+        ax.set_ylim(0, top * 1.8)
+        ax.set_xlim(0, max(x + sx) + 1)
+        ax.set_ylabel("overhead per run (s)")
+        load = f", load {res['load']} at its start" if res.get("load") is not None else ""
+        ax.set_title(f"{res['label']}: {res['scale_runs']} runs of 5 epochs, "
+                     f"{res.get('jobs', '?')} jobs{load}", fontsize=9)
+        ax.legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("run index (seed; end order for the share)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

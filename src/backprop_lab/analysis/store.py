@@ -195,7 +195,7 @@ def load_runs(tracking_uri: str, experiment: str | None = None,
     `final/*`, `time/*` and `gradcheck/*` metric under its MLflow name (sorted by name). Sorted by start time
     (then run id).
 
-    fast: read a SQL store's tables directly (1,000 runs in well under a second; see
+    fast: read a SQL store's tables directly (1,000 runs: 1-2 s here, 5-12 s otherwise; see
     tracking/tables.py); False, or a server URI, reads through `MlflowClient.search_runs`.
     `frame.attrs["read_path"]` says which path ran ("sql" or "search_runs").
     """
