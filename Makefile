@@ -15,6 +15,9 @@ ARGS ?=
 DRY ?= 0
 DISTRIBUTED ?= 0
 TEST_ARGS ?=
+# pytest-xdist: one worker per core; tests sharing a session store run on one worker (tests/conftest.py).
+# `make test XDIST=` (or TEST_ARGS=-n0) runs the suite in one process, e.g. for pdb.
+XDIST ?= -n auto --dist loadgroup
 
 # No outbound traffic from MLflow, Ray or Hydra's plugins. backprop_lab.env.QUIET_ENV, copied for
 # the processes that start before Python can import the package (uv, pytest's plugins, notebook
@@ -41,8 +44,8 @@ help: ## List the targets
 
 setup: .venv/.synced ## Create .venv from uv.lock (bootstraps uv with pip when missing)
 
-test: setup ## Run the test suite (DISTRIBUTED=1 adds the Ray/Slurm/server tests)
-	@$(UV) run --locked --no-sync pytest $(TEST_ARGS)
+test: setup ## Run the test suite on every core (DISTRIBUTED=1 adds the Ray/Slurm/server tests; XDIST= runs it in one process)
+	@$(UV) run --locked --no-sync pytest $(XDIST) $(TEST_ARGS)
 
 test-distributed: ## Run only the distributed tests (Ray cluster, tracking server, Slurm)
 	@$(MAKE) --no-print-directory test DISTRIBUTED=1 TEST_ARGS="-m distributed $(TEST_ARGS)"

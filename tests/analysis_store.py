@@ -1,7 +1,8 @@
 """A real tiny sweep store shared by tests/test_analysis.py and tests/test_notebooks.py.
 
 Both modules call `tiny_store(tmp_path_factory)` from a session fixture; the store is built once
-per test session (a marker file says it is complete), by the real command line:
+per test session, shared by every xdist worker (a file lock; a marker file says it is complete),
+by the real command line:
 `scripts/train.py --multirun +sweep=<preset> ...` into a temporary SQLite store.
 """
 
@@ -13,7 +14,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
+
 from backprop_lab import QUIET_ENV
+from conftest import session_dir
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = REPO / ".venv" / "bin" / "python"
@@ -56,14 +60,15 @@ def _sweep(root: Path, preset: str, grid: dict, epochs: int, *extra: str) -> Non
 
 
 def tiny_store(tmp_path_factory) -> Store:
-    root = tmp_path_factory.getbasetemp() / "bpl_analysis_store"
+    root = session_dir(tmp_path_factory) / "bpl_analysis_store"
     marker = root / "complete"
-    if not marker.exists():
-        root.mkdir(exist_ok=True)
-        _sweep(root, "default", REUSED_JOB, DEFAULT_EPOCHS)
-        _sweep(root, "default", DEFAULT_GRID, DEFAULT_EPOCHS)
-        _sweep(root, "deep_init", DEEP_GRID, DEEP_EPOCHS)
-        marker.touch()
+    with FileLock(f"{root}.lock"):  # the first worker builds it, the others wait and read it
+        if not marker.exists():
+            root.mkdir(exist_ok=True)
+            _sweep(root, "default", REUSED_JOB, DEFAULT_EPOCHS)
+            _sweep(root, "default", DEFAULT_GRID, DEFAULT_EPOCHS)
+            _sweep(root, "deep_init", DEEP_GRID, DEEP_EPOCHS)
+            marker.touch()
     return Store(uri=f"sqlite:///{root / 'mlflow.db'}", root=root)
 
 

@@ -13,7 +13,30 @@ from backprop_lab.env import QUIET_ENV, set_quiet_env
 set_quiet_env()  # before any test module imports mlflow (importing backprop_lab did it too)
 
 
+# `make test` runs on every core (pytest-xdist, --dist loadgroup); tests of one xdist_group run
+# on one worker. Grouped here: the users of a module-scoped fixture (one module: the fixture is
+# built once, e.g. the browser module's sweep and UI server, the search study, the executed
+# notebooks), the users of a session store they re-run or hash (tiny_sweep: never at the same
+# time), and the distributed tests (one cluster at a time). tiny_store is shared by a file lock.
+SESSION_GROUPS = {"tiny_sweep": "tiny_sweep"}
+
+
+def xdist_groups(item) -> set[str]:
+    groups = {SESSION_GROUPS[name] for name in SESSION_GROUPS.keys() & set(getattr(item, "fixturenames", ()))}
+    info = getattr(item, "_fixtureinfo", None)  # pytest's; without it a module is not grouped
+    for defs in (info.name2fixturedefs.values() if info is not None else ()):
+        if defs and defs[-1].scope == "module":
+            groups.add(item.path.name)
+    if "distributed" in item.keywords:
+        groups.add("distributed")
+    return groups
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for group in xdist_groups(item):
+            item.add_marker(pytest.mark.xdist_group(group))
     if os.environ.get("BPL_DISTRIBUTED", "0") == "1":
         return
     skip = pytest.mark.skip(reason="distributed test: run with `make test DISTRIBUTED=1`")
@@ -23,6 +46,14 @@ def pytest_collection_modifyitems(config, items):
 
 
 # --------------------------------------------------------------------------- one real tiny sweep
+
+
+def session_dir(tmp_path_factory) -> Path:
+    """The temp folder of the whole test session: shared by every pytest-xdist worker (each
+    worker's own base temp is a subfolder of it); the base temp itself without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
 
 REPO = Path(__file__).resolve().parents[1]
 
