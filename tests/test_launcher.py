@@ -1,8 +1,9 @@
 """The backprop_lab launcher: jobs on forked workers, in job order, failures contained, Ctrl-C clean.
 
 Most tests drive the launcher in-process through a real Hydra context (composition, run_job) with
-tiny task functions; the workers are real forked processes. Two tests use real command lines: a
-SIGINT sent to a real multirun, and the project's sweep with n_jobs=1 vs 2 (bit-identical).
+tiny task functions; the workers are real forked processes. One test uses a real command line: a
+SIGINT sent to a real multirun. The project's sweep with n_jobs=1, 2 and joblib is bit-identical:
+tests/test_reliability.py.
 """
 
 from __future__ import annotations
@@ -206,36 +207,6 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state != "Z"
-
-
-def test_project_sweep_is_bit_identical_with_one_or_two_workers(tmp_path):
-    """The real `make sweep` command line, 4 jobs, n_jobs=1 vs 2: the same histories and finals."""
-    from mlflow import MlflowClient
-
-    results = {}
-    for n in (1, 2):
-        store = tmp_path / f"n{n}"
-        cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--multirun", "+sweep=default",
-               "init=he", "optim.lr=0.1", "model.width=2,16", "seed=0,1", "train.epochs=30",
-               f"hydra.launcher.n_jobs={n}", f"tracking.uri=sqlite:///{store / 'mlflow.db'}",
-               f"tracking.artifact_root={store / 'art'}", f"hydra.sweep.dir={store / 'multirun'}"]
-        proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
-        exp = client.get_experiment_by_name("backprop-lab/default")
-        runs = client.search_runs([exp.experiment_id], "tags.`bpl.role` = 'child'")
-        assert len(runs) == 4
-        results[n] = {
-            r.data.tags["bpl.config_key"]: (
-                {k: v for k, v in r.data.metrics.items() if not k.startswith("time/")},
-                Path(client.download_artifacts(r.info.run_id, "history.npz",
-                                               str(store / r.info.run_id))).read_bytes(),
-            )
-            for r in runs
-        }
-    assert results[1].keys() == results[2].keys()
-    for key in results[1]:
-        assert results[1][key] == results[2][key]
 
 
 def test_history_writer_thread_works_in_workers_forked_after_the_driver_used_it(launch):
