@@ -1,8 +1,11 @@
 """Shared test set-up: telemetry off, marker gating, and `tiny_sweep`: one real sweep per session."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,17 +35,69 @@ def xdist_groups(item) -> set[str]:
     return groups
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the test ids
+# pytest-xdist 3.8 puts a test's group into its id (`item._nodeid`), which pytest 9.2 no longer
+# reads (nodeids are structured now): its loadgroup would split every group. So the workers write
+# the groups they collected to a file the controller named, and the controller's scheduler
+# (xdist's public hook) reads them. Without xdist the marks are only marks.
+GROUPS_ENV = "BPL_XDIST_GROUPS"
+
+
+def pytest_configure(config):
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        folder = Path(tempfile.mkdtemp(prefix="bpl-xdist-"))
+        os.environ[GROUPS_ENV] = str(folder / "groups.json")  # the workers start after this
+    if config.pluginmanager.hasplugin("xdist"):  # its hook is unknown under -p no:xdist
+        config.pluginmanager.register(FileGroupsPlugin(), "bpl-xdist-groups")
+
+
+@pytest.hookimpl(wrapper=True)  # before every plain hook, xdist's own included
 def pytest_collection_modifyitems(config, items):
+    grouped = {}
     for item in items:
-        for group in xdist_groups(item):
+        groups = xdist_groups(item)
+        for group in groups:
             item.add_marker(pytest.mark.xdist_group(group))
-    if os.environ.get("BPL_DISTRIBUTED", "0") == "1":
-        return
-    skip = pytest.mark.skip(reason="distributed test: run with `make test DISTRIBUTED=1`")
-    for item in items:
-        if "distributed" in item.keywords:
-            item.add_marker(skip)
+        if groups:
+            grouped[item.nodeid] = "_".join(sorted(groups))
+    if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(GROUPS_ENV):
+        target = Path(os.environ[GROUPS_ENV])
+        tmp = target.with_name(f"{os.environ['PYTEST_XDIST_WORKER']}.json")
+        tmp.write_text(json.dumps(grouped))
+        tmp.replace(target)  # every worker collects the same tests: same content
+    if os.environ.get("BPL_DISTRIBUTED", "0") != "1":
+        skip = pytest.mark.skip(reason="distributed test: run with `make test DISTRIBUTED=1`")
+        for item in items:
+            if "distributed" in item.keywords:
+                item.add_marker(skip)
+    return (yield)
+
+
+def pytest_unconfigure(config):
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        groups = os.environ.pop(GROUPS_ENV, None)
+        if groups:
+            shutil.rmtree(Path(groups).parent, ignore_errors=True)
+
+
+class FileGroupsPlugin:
+    @staticmethod
+    def pytest_xdist_make_scheduler(config, log):
+        if config.getvalue("dist") != "loadgroup":
+            return None
+        from xdist.scheduler import LoadGroupScheduling
+
+        class FileGroups(LoadGroupScheduling):
+            """loadgroup with the groups the workers wrote (read once, after collection)."""
+
+            groups: dict[str, str] | None = None
+
+            def _split_scope(self, nodeid: str) -> str:
+                if self.groups is None:
+                    path = Path(os.environ.get(GROUPS_ENV, "/nonexistent"))
+                    self.groups = json.loads(path.read_text()) if path.is_file() else {}
+                return self.groups.get(nodeid) or super()._split_scope(nodeid)
+
+        return FileGroups(config, log)
 
 
 # --------------------------------------------------------------------------- one real tiny sweep
