@@ -10,6 +10,7 @@ import importlib.util
 import struct
 import time
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -135,24 +136,60 @@ def chart_card(page, metric: str):
     return card.first
 
 
-def wait_for_lines(scope, at_least: int, timeout_s: float = 30.0) -> list[str]:
-    """Poll until `scope` (a card or dialog) draws `at_least` distinct lines; return them.
+# Plotly keeps a chart's figure on its graph div: `gd.data`, one trace per run and metric, with
+# the run id as `uuid` (the UI adds a second, hover-less trace per run for highlighting). The SVG
+# lines cannot count runs: curves that differ by less than a pixel (the stalled runs of a sweep)
+# get identical paths.
+_CHART_RUNS_JS = """gd => ({
+  traces: (gd.data || []).filter(t => t.visible !== false && t.visible !== 'legendonly')
+    .map(t => ({uuid: t.uuid, y: Array.from(t.y || []).filter(v => v !== null)})),
+  drawn: [...gd.querySelectorAll('g.trace.scatter path.js-line')].filter(p => p.getAttribute('d')).length,
+})"""
 
-    Plotly adds traces one by one as each run's history arrives, so a single look can be early.
+
+class ChartRuns(NamedTuple):
+    curves: dict[str, list[float]]  # run id -> the values plotted for it
+    traces: int  # visible traces in the figure
+    drawn: int  # SVG lines with points
+
+
+def chart_runs(card) -> ChartRuns:
+    """The runs a line-chart card plots, read from the figure Plotly draws."""
+    shown = card.locator(".js-plotly-plot").first.evaluate(_CHART_RUNS_JS)
+    curves = {t["uuid"]: t["y"] for t in shown["traces"]}
+    return ChartRuns(curves, len(shown["traces"]), shown["drawn"])
+
+
+def wait_for_runs(card, run_ids: set[str], timeout_s: float = 60.0) -> ChartRuns:
+    """Poll `chart_runs` until the chart plots exactly `run_ids` (or the time is up); return it.
+
+    Plotly redraws as each run's history arrives, so a single look can be early.
     """
     deadline = time.monotonic() + timeout_s
     while True:
-        lines = plotted_lines(scope)
-        if len(lines) >= at_least or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.25)
+        shown = chart_runs(card)
+        if set(shown.curves) == run_ids or time.monotonic() > deadline:
+            return shown
+        time.sleep(0.5)
 
 
-def plotted_lines(card) -> list[str]:
-    """Distinct SVG paths of the line traces in a Plotly chart card, one per plotted run.
+def load_more(page, n: int, timeout_s: float = 120.0) -> None:
+    """Press the run list's "Load more" (the UI fetches 100 runs a page) until "<n> matching runs".
 
-    Plotly draws a run's line as `g.trace.scatter path.js-line` (`d` = "M x,y L x,y ...");
-    a hover/highlight layer may duplicate it, hence the de-duplication.
+    The button sits in AG Grid's virtualised rows: a real click waits for it to scroll into view
+    and can hang while the grid re-renders on a busy machine; its click event does the same.
     """
-    ds = card.locator("g.trace.scatter path.js-line").evaluate_all("ps => ps.map(p => p.getAttribute('d'))")
-    return sorted({d for d in ds if d})
+    counter = page.get_by_text(f"{n} matching runs")
+    deadline = time.monotonic() + timeout_s
+    while not counter.count() and time.monotonic() < deadline:
+        more = page.get_by_role("button", name="Load more")
+        if more.count() and more.first.get_attribute("loading") != "true":  # not while it fetches
+            more.first.dispatch_event("click")
+        time.sleep(2)
+    counter.wait_for()
+
+
+def toggle_run_visibility(page, run_name: str) -> None:
+    """Click the eye icon ("Hide run" / show) in front of a run in the run list."""
+    row = run_row(page, run_name).first
+    row.locator("label", has=page.locator(".is-visibility-toggle-checkbox")).click()
