@@ -44,9 +44,6 @@ def main() -> None:
 
     from backprop_lab.config.schema import validate
     from backprop_lab.core import compute
-    from backprop_lab.core.data import load_dataset
-    from backprop_lab.core.mlp import MLP
-    from backprop_lab.core.rng import make_rng
     from backprop_lab.sweep.jobs import JobComposer
     from backprop_lab.tracking import run as R
     from backprop_lab.tracking.run import JobContext
@@ -90,11 +87,7 @@ def main() -> None:
                     raise SystemExit(f"bench_phases: runs did not train ({statuses}):\n{quiet.getvalue()}")
                 t = cpu()
                 for rc in configs:
-                    ds = load_dataset(rc.data.name, rng=make_rng(rc.seed, "data"), dtype=rc.train.dtype,
-                                      n_samples=rc.data.n_samples, noise=rc.data.noise,
-                                      test_fraction=rc.data.test_fraction)
-                    compute.compute(rc, ds, MLP(rc.model.layer_sizes(ds.X_train.shape[1]),
-                                                activation=rc.model.activation))
+                    compute.compute_run(rc)
                 t_compute = (cpu() - t) / len(jobs)
     ms = 1000.0
     print(f"per job, CPU ms ({len(jobs)} jobs x {args.epochs} epochs, warm, one process):")

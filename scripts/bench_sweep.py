@@ -85,19 +85,12 @@ def floor(configs) -> tuple[float, float]:
     """Seconds of the runs' compute through the core API alone, one process, one after the other."""
     from threadpoolctl import threadpool_limits
 
-    from backprop_lab.core import compute
-    from backprop_lab.core.data import load_dataset
-    from backprop_lab.core.mlp import MLP
-    from backprop_lab.core.rng import make_rng
+    from backprop_lab.core.compute import compute_run
 
     clock = Clock()
     with clock, threadpool_limits(limits=1, user_api="blas"):  # as the runs do (blas_threads: 1)
         for _, rc in configs:
-            ds = load_dataset(rc.data.name, rng=make_rng(rc.seed, "data"), dtype=rc.train.dtype,
-                              n_samples=rc.data.n_samples, noise=rc.data.noise,
-                              test_fraction=rc.data.test_fraction)
-            model = MLP(rc.model.layer_sizes(ds.X_train.shape[1]), activation=rc.model.activation)
-            compute.compute(rc, ds, model)
+            compute_run(rc)
     return clock.wall, clock.cpu
 
 

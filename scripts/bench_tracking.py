@@ -76,9 +76,6 @@ def subset_naive(tmp: Path, configs: list) -> list[float]:
 
     from backprop_lab.config.schema import flatten, validate
     from backprop_lab.core import compute
-    from backprop_lab.core.data import load_dataset
-    from backprop_lab.core.mlp import MLP
-    from backprop_lab.core.rng import make_rng
     from backprop_lab.figures import plots
     from backprop_lab.tracking import client as tracking
 
@@ -90,10 +87,8 @@ def subset_naive(tmp: Path, configs: list) -> list[float]:
     out = []
     for cfg in configs:
         rc = validate(cfg)
-        ds = load_dataset(rc.data.name, rng=make_rng(rc.seed, "data"), dtype=rc.train.dtype,
-                          n_samples=rc.data.n_samples, noise=rc.data.noise,
-                          test_fraction=rc.data.test_fraction)
-        model = MLP(rc.model.layer_sizes(2), activation=rc.model.activation)
+        ds = compute.dataset_for(rc)
+        model = compute.model_for(rc, ds)
         outcome = compute.compute(rc, ds, model)
         t = time.perf_counter()
         with mlflow.start_run(experiment_id=exp_id):

@@ -108,16 +108,9 @@ def missing_artifact(run, path: str) -> str:
 
 def recompute(rc):
     """The run's computation, as experiment.run does it, without any logging."""
-    from backprop_lab.core.compute import compute  # the run's own recipe, not a copy of it
-    from backprop_lab.core.data import load_dataset
-    from backprop_lab.core.mlp import MLP
-    from backprop_lab.core.rng import make_rng
+    from backprop_lab.core.compute import compute_run  # the run's own recipe, not a copy of it
 
-    dataset = load_dataset(rc.data.name, rng=make_rng(rc.seed, "data"), dtype=rc.train.dtype,
-                           n_samples=rc.data.n_samples, noise=rc.data.noise,
-                           test_fraction=rc.data.test_fraction)
-    model = MLP(rc.model.layer_sizes(dataset.X_train.shape[1]), activation=rc.model.activation)
-    return compute(rc, dataset, model, None)
+    return compute_run(rc)
 
 
 def expected_metrics(outcome) -> dict[str, list[tuple[int, float]]]:

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from backprop_lab.core.data import load_dataset
 from backprop_lab.core.gradcheck import check_gradients
+from backprop_lab.core.mlp import MLP
 from backprop_lab.core.optim import make_optimizer
 from backprop_lab.core.rng import make_rng
 from backprop_lab.core.train import train
@@ -35,6 +37,25 @@ class Outcome:
     params: dict[str, np.ndarray]
     scalars: dict[str, float]  # final/*, time/*, gradcheck/*
     gradcheck: dict[str, Any]  # gradcheck.json
+
+
+def dataset_for(rc: RunConfig):
+    """The run's dataset (data.Dataset), drawn from its own "data" stream."""
+    return load_dataset(rc.data.name, rng=make_rng(rc.seed, "data"), dtype=rc.train.dtype,
+                        n_samples=rc.data.n_samples, noise=rc.data.noise,
+                        test_fraction=rc.data.test_fraction)
+
+
+def model_for(rc: RunConfig, dataset) -> MLP:
+    """The run's network for `dataset`'s input width."""
+    return MLP(rc.model.layer_sizes(dataset.X_train.shape[1]), activation=rc.model.activation)
+
+
+def compute_run(rc: RunConfig, progress=None) -> Outcome:
+    """`compute` of the run's own dataset and model: a run's whole computation, nothing logged
+    (the compute floor of the benchmarks, `make reproduce`)."""
+    dataset = dataset_for(rc)
+    return compute(rc, dataset, model_for(rc, dataset), progress)
 
 
 def compute(rc: RunConfig, dataset, model, progress=None, on_trained=None, *, on_epoch=None,

@@ -63,20 +63,15 @@ def train_and_log(client, info, rc: RunConfig, overrides, t0: float, on_epoch=No
     on_epoch: see `compute.compute` (returning True stops training: status "stopped").
     """
     from backprop_lab.core import compute
-    from backprop_lab.core.data import load_dataset
-    from backprop_lab.core.mlp import MLP
-    from backprop_lab.core.rng import make_rng
     from backprop_lab.figures import plots, render
     from backprop_lab.tracking import client as tracking
 
     run_id = info.run_id
     tracking.log_params(client, run_id, flatten(rc))
-    dataset = load_dataset(rc.data.name, rng=make_rng(rc.seed, "data"), dtype=rc.train.dtype,
-                           n_samples=rc.data.n_samples, noise=rc.data.noise,
-                           test_fraction=rc.data.test_fraction)
+    dataset = compute.dataset_for(rc)
     tracking.log_dataset(client, run_id, dataset.X_train, dataset.y_train,
                          name=f"{rc.data.name}-train", context="train")
-    model = MLP(rc.model.layer_sizes(dataset.X_train.shape[1]), activation=rc.model.activation)
+    model = compute.model_for(rc, dataset)
 
     now_ms = int(time.time() * 1000)
     pending: list[concurrent.futures.Future] = []  # background writes, in the order submitted
