@@ -78,7 +78,14 @@ def main() -> None:
                 quiet = io.StringIO()
                 # A warm-up run: the figure layouts, compiled SQL, fonts (a first run costs ~3x).
                 warm = [*jobs[0], "seed=99"]
-                R.run(composer.compose(warm), JobContext(mode="multirun", overrides=tuple(warm)), out=quiet)
+                warm_cfg = composer.compose(warm)
+                with open_dict(warm_cfg):
+                    warm_cfg.hydra.job.id = warm_cfg.hydra.job.num = len(jobs)
+                run_job(hydra_context=context, task_function=lambda _cfg: None, config=warm_cfg,
+                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+                warmed = R.run(warm_cfg, JobContext(mode="multirun", overrides=tuple(warm)), out=quiet)
+                if warmed.status != "finished":
+                    raise SystemExit(f"bench_phases: the warm-up run did not train:\n{quiet.getvalue()}")
                 t = cpu()
                 statuses = [R.run(job_cfg, JobContext(mode="multirun", overrides=tuple(overrides)), out=quiet)
                             .status for job_cfg, overrides in zip(composed, jobs, strict=True)]
