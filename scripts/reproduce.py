@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 
 from backprop_lab.config.schema import ConfigError, redact, validate
+from backprop_lab.env import skip_final_gc
 from backprop_lab.tracking import store
 from backprop_lab.tracking.sqlite_file import check_sqlite_store
 
@@ -226,4 +227,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    skip_final_gc()
     sys.exit(main())

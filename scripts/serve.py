@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 
+from backprop_lab.env import skip_final_gc
 from backprop_lab.serve.server import (
     DEFAULT_PORTS,
     MODES,
@@ -116,4 +117,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    skip_final_gc()
     sys.exit(main())

@@ -132,7 +132,8 @@ def test_resume_after_sigkill_skips_finished_kills_running_and_force_reruns(tmp_
     again = run_sweep(tmp_path, *args)
     assert again.returncode == 0, again.stderr[-2000:]
     assert (f"6 jobs, {n_done} already finished -> will be skipped; resumed parent "
-            f"{parent.info.run_id}, {len(running)} run(s) left RUNNING by a crash marked KILLED") in again.stdout
+            f"{parent.info.run_id}, {len(running)} run(s) left RUNNING by a crash marked KILLED"
+            ) in again.stdout
     assert f"{6 - n_done} finished, 0 diverged, 0 failed, {n_done} skipped" in again.stdout
     assert only_parent(client, "backprop-lab/default").info.status == "FINISHED"
     after = children(client, "backprop-lab/default", parent.info.run_id)
