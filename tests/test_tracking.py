@@ -360,6 +360,87 @@ def test_a_full_disk_fails_the_history_write_without_the_fallback_warning(store,
     assert client.get_metric_history(run_id, "train/loss") == []
 
 
+def _frames():
+    """Two (step, (230, 256, 3) uint8) pictures, smooth like a boundary (WebP is lossy)."""
+    import numpy as np
+
+    yy, xx = np.mgrid[0:230, 0:256]
+    return [(step, np.stack([xx, yy, (xx + yy + step) % 256], -1).astype(np.uint8)) for step in (0, 10)]
+
+
+def _image_files(client, run_id, tmp_path):
+    """{name with the uuid as U: decoded pixels} of the run's images/ artifacts."""
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    local = client.download_artifacts(run_id, "images", str(tmp_path / run_id))
+    names = [a.path.removeprefix("images/") for a in client.list_artifacts(run_id, "images")]
+    return {re.sub(r"\+[-0-9a-f]{36}(\+compressed)?\.", r"+U\1.", n): np.asarray(Image.open(f"{local}/{n}"))
+            for n in names}
+
+
+def test_images_written_directly_read_back_as_log_image_writes_them(store, tmp_path):
+    """The pinned MLflow takes the direct path; MLflow's API lists the same names in the same
+    folder as log_image's, the same tag, the same PNG pixels and a WebP thumbnail of the same size.
+    Upgrading MLflow makes this fail on purpose (IMAGE_LAYOUT_MLFLOW, docs/pipeline.md)."""
+    import numpy as np
+
+    client, _, art = store
+    exp_id = tracking.ensure_experiment(client, "images", art)
+    direct, public = (client.create_run(exp_id).info for _ in range(2))
+    frames = _frames()
+    written = tracking.log_images_async(client, direct.run_id, "boundary/a", frames, 1234,
+                                        artifact_uri=direct.artifact_uri).result()
+    assert written == tracking.ImageWrite(2, "files")
+    for step, image in frames:
+        client.log_image(public.run_id, image, key="boundary/a", step=step, timestamp=1234)
+    ours, theirs = (_image_files(client, r.run_id, tmp_path) for r in (direct, public))
+    assert sorted(ours) == sorted(theirs) == [
+        "boundary~a+step+0+timestamp+1234+U+compressed.webp", "boundary~a+step+0+timestamp+1234+U.png",
+        "boundary~a+step+10+timestamp+1234+U+compressed.webp", "boundary~a+step+10+timestamp+1234+U.png"]
+    for step, image in frames:
+        name = f"boundary~a+step+{step}+timestamp+1234+U"
+        assert np.array_equal(ours[f"{name}.png"], image) and np.array_equal(theirs[f"{name}.png"], image)
+        thumb = ours[f"{name}+compressed.webp"]
+        assert thumb.shape == theirs[f"{name}+compressed.webp"].shape == image.shape
+        assert np.abs(thumb.astype(int) - image).mean() < 3  # lossy, but the same picture
+    for run in (direct, public):
+        assert client.get_run(run.run_id).data.tags[tracking.LOGGED_IMAGES_TAG] == "True"
+
+
+@pytest.mark.parametrize("fault", ["unchecked MLflow", "write failed"])
+def test_direct_image_files_fall_back_to_log_image_with_one_warning(store, tmp_path, monkeypatch, capsys,
+                                                                     fault):
+    client, _, art = store
+    exp_id = tracking.ensure_experiment(client, "images-fallback", art)
+    monkeypatch.setattr(tracking, "_WARNED", set())
+    if fault == "unchecked MLflow":  # another MLflow version: its layout is not known to match
+        monkeypatch.setattr(tracking, "IMAGE_LAYOUT_MLFLOW", ())
+    else:  # the PNG is written, then the thumbnail fails: no half-written image is left
+        from pathlib import Path
+
+        write_bytes = Path.write_bytes
+
+        def refuse_thumbnails(path, data):
+            if path.name.endswith(".webp"):
+                raise OSError("thumbnail refused")
+            return write_bytes(path, data)
+        monkeypatch.setattr(Path, "write_bytes", refuse_thumbnails)
+    runs = [client.create_run(exp_id).info for _ in range(2)]
+    for run in runs:  # two runs of one process: one warning
+        written = tracking.log_images_async(client, run.run_id, "b", _frames(), 1234,
+                                            artifact_uri=run.artifact_uri).result()
+        assert written == tracking.ImageWrite(2, "log_image")
+        assert sorted(_image_files(client, run.run_id, tmp_path)) == [
+            "b+step+0+timestamp+1234+U+compressed.webp", "b+step+0+timestamp+1234+U.png",
+            "b+step+10+timestamp+1234+U+compressed.webp", "b+step+10+timestamp+1234+U.png"]
+        assert client.get_run(run.run_id).data.tags[tracking.LOGGED_IMAGES_TAG] == "True"
+    err = capsys.readouterr().err
+    assert err.count("backprop-lab warning") == 1 and "log_image" in err
+
+
 HOLDER = r"""
 import os, sys
 from backprop_lab.tracking import store

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import io
 import itertools
 import json
 import math
@@ -246,19 +247,104 @@ def log_history_async(client: MlflowClient, run_id: str, series,
     return _history_pool().submit(write)
 
 
-def log_images_async(client: MlflowClient, run_id: str, key: str, images,
-                     timestamp_ms: int) -> concurrent.futures.Future:
+#: MLflow's tag saying a run has `log_image` images (the UI's image grid looks for it).
+LOGGED_IMAGES_TAG = "mlflow.loggedImages"
+#: The MLflow versions (major.minor) whose `log_image(key=, step=)` file layout `_write_image`
+#: reproduces (checked against MLflow's own files by tests/test_tracking.py). Any other
+#: version: MLflow's log_image, with one warning.
+IMAGE_LAYOUT_MLFLOW = ("3.17",)
+
+
+class ImageWrite(NamedTuple):
+    """What an image write did: how many images, and the path they took: "files" (written
+    here, MLflow's layout) or "log_image" (MLflow's public API)."""
+
+    count: int
+    path: str
+
+
+def log_images_async(client: MlflowClient, run_id: str, key: str, images, timestamp_ms: int, *,
+                     artifact_uri: str | None = None, encode_png=None,
+                     tag: bool = True) -> concurrent.futures.Future:
     """MLflow's `log_image(run_id, image, key=key, step=step)` for each (step, image (H, W, 3)
-    uint8) on the background thread, after the writes queued before: the UI's image grid
-    shows `key` per run with a step slider. Each call encodes a PNG and a WebP thumbnail
-    (Pillow releases the GIL while it does) and writes two files and a tag."""
+    uint8), on the background thread after the writes queued before: the UI's image grid
+    shows `key` per run with a step slider. `.result()` is an ImageWrite.
 
-    def write() -> int:
+    MLflow's log_image costs ~22 ms of CPU an image here: a PNG (Pillow, level 6, adaptive
+    filters) and a WebP thumbnail (method 4) encoded, each file copied in by a log_artifact,
+    and a set_tag transaction per image. When the run's artifacts are a local folder
+    (`artifact_uri` file:, what a SQLite store uses) and MLflow is a version whose layout
+    `_write_image` reproduces, the same two files (names, folder, pixels) are written here
+    with cheaper encoders: `encode_png(pixels) -> bytes` (default Pillow at level 1) and a
+    WebP at method 0 (~4 ms in all), and the tag is set only when `tag` is true: the caller
+    sets LOGGED_IMAGES_TAG in a batch of its own otherwise (it must, or the UI shows no grid).
+    Any failure of that path: the image goes through log_image (which sets the tag), and the
+    process says so once on stderr.
+    """
+    direct = (artifact_uri is not None and str(artifact_uri).startswith("file:")
+              and mlflow.__version__.rsplit(".", 1)[0] in IMAGE_LAYOUT_MLFLOW)
+
+    def write() -> ImageWrite:
+        path = "files" if direct else "log_image"
         for step, image in images:
+            if path == "files":
+                try:
+                    _write_image(artifact_uri, key, int(step), timestamp_ms, image, encode_png)
+                    continue
+                except Exception as exc:  # any surprise: the public API for this run's images
+                    first_line = (str(exc).strip().splitlines() or [""])[0][:160]
+                    _warn_once(f"writing MLflow's image files directly failed ({type(exc).__name__}: "
+                               f"{first_line}); logging images with MLflow's log_image (slower); "
+                               "see docs/pipeline.md, 'Upgrading MLflow'", topic="images")
+                    path = "log_image"
             client.log_image(run_id, image, key=key, step=int(step), timestamp=timestamp_ms)
-        return len(images)
+        if path == "files" and tag and images:
+            log_tags(client, run_id, {LOGGED_IMAGES_TAG: True})
+        return ImageWrite(len(images), path)
 
+    if not direct and artifact_uri is not None and str(artifact_uri).startswith("file:"):
+        _warn_once(f"MLflow {mlflow.__version__}'s image file layout is not checked "
+                   f"(checked: {', '.join(IMAGE_LAYOUT_MLFLOW)}); logging images with MLflow's "
+                   "log_image (slower); see docs/pipeline.md, 'Upgrading MLflow'", topic="images")
     return _history_pool().submit(write)
+
+
+def _write_image(artifact_uri: str, key: str, step: int, timestamp_ms: int, image,
+                 encode_png) -> None:
+    """The files `MlflowClient.log_image(run_id, image, key=key, step=step,
+    timestamp=timestamp_ms)` of MLflow 3.17 writes, in the run's local artifact folder:
+    images/<key, '/' as '~'>+step+<step>+timestamp+<ms>+<uuid4>.png (the image) and the same
+    name + '+compressed.webp' (fitted into 256 x 256 as MLflow's compress_image_size does).
+    All or nothing: a file written before a failure is removed."""
+    import uuid
+
+    from mlflow.tracking.multimedia import compress_image_size, convert_to_pil_image
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    if not re.fullmatch(r"[a-zA-Z0-9_\-./ ]+", key):
+        raise ValueError(f"image key {key!r}: alphanumerics, '_', '-', '.', ' ' and '/' only")
+    folder = Path(local_file_uri_to_path(artifact_uri)) / "images"
+    name = f"{key.replace('/', '~')}+step+{step}+timestamp+{timestamp_ms}+{uuid.uuid4()}"
+    pil = convert_to_pil_image(np.asarray(image))
+    if encode_png is None:
+        buffer = io.BytesIO()
+        pil.save(buffer, format="PNG", compress_level=1)
+        png = buffer.getvalue()
+    else:
+        png = encode_png(np.asarray(image))
+    buffer = io.BytesIO()
+    compress_image_size(pil).save(buffer, format="WEBP", method=0)  # Pillow's quality 80, as MLflow
+    written = []
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for path, data in ((folder / f"{name}.png", png),
+                           (folder / f"{name}+compressed.webp", buffer.getvalue())):
+            written.append(path)
+            path.write_bytes(data)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
 
 
 @functools.cache
@@ -273,10 +359,10 @@ os.register_at_fork(after_in_child=_history_pool.cache_clear)
 _WARNED: set[str] = set()
 
 
-def _warn_once(message: str) -> None:
-    """One line on stderr, the first time in this process (not once per run of a sweep)."""
-    if not _WARNED:
-        _WARNED.add(message)
+def _warn_once(message: str, topic: str = "history") -> None:
+    """One line on stderr, the first time in this process for `topic` (not once per run of a sweep)."""
+    if topic not in _WARNED:
+        _WARNED.add(topic)
         print(f"backprop-lab warning: {message}", file=sys.stderr, flush=True)
 
 

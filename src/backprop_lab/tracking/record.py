@@ -14,6 +14,7 @@ and, for the seeds in `train.snapshot_seeds` (default: seed 0), at the log-space
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import tempfile
 import time
@@ -77,13 +78,19 @@ def train_and_log(client, info, rc: RunConfig, overrides, t0: float, on_epoch=No
     pending: list[concurrent.futures.Future] = []  # background writes, in the order submitted
     history_write: list[concurrent.futures.Future] = []
 
-    def log_boundary(epoch, params) -> None:
-        # Drawn here (one cached figure per dataset, ~10 ms), written by MLflow's log_image on
-        # the background thread (PNG + WebP encoding release the GIL) while training goes on.
+    images: list[concurrent.futures.Future] = []  # the boundary images' writes
+
+    def log_boundary(epoch, params, last: bool = False) -> None:
+        # Drawn here (one cached figure per dataset, ~10 ms), written on the background thread
+        # (PNG + WebP encoding release the GIL) while training goes on. MLflow's image tag is
+        # set by the first snapshot (the UI shows the grid while a long run trains) or by the
+        # run's last batch.
         pixels = render.decision_boundary_pixels(model, params, dataset, grid=SNAPSHOT_GRID,
                                                  dpi=SNAPSHOT_DPI)
-        pending.append(tracking.log_images_async(client, run_id, BOUNDARY_KEY, [(epoch, pixels)],
-                                                 now_ms))
+        images.append(tracking.log_images_async(
+            client, run_id, BOUNDARY_KEY, [(epoch, pixels)], now_ms, artifact_uri=info.artifact_uri,
+            encode_png=lambda px: render.encode_png(px, dpi=SNAPSHOT_DPI), tag=not (last or images)))
+        pending.append(images[-1])
 
     def write_history(per_epoch) -> None:
         # Written on the background thread (one SQLite call, GIL released) while this thread runs
@@ -98,7 +105,7 @@ def train_and_log(client, info, rc: RunConfig, overrides, t0: float, on_epoch=No
                                   on_trained=write_history, on_epoch=on_epoch,
                                   snapshot_epochs=snapshot_epochs(rc),
                                   on_snapshot=log_boundary)
-        log_boundary(int(outcome.scalars["final/epochs_run"]), outcome.params)  # the last step
+        log_boundary(int(outcome.scalars["final/epochs_run"]), outcome.params, last=True)
         boundary_png = render.decision_boundary_png(model, outcome.params, dataset)
         figures = {  # PNG bytes; render.py reuses one figure per layout (same pictures as plots.py)
             "data": plots.data_png(dataset),
@@ -111,19 +118,33 @@ def train_and_log(client, info, rc: RunConfig, overrides, t0: float, on_epoch=No
         for future in pending:
             future.result()  # raises what a background write raised
         latest = history_write[0].result().latest
+    except BaseException:
+        _tag_images(client, run_id, images)  # what the last batch would have done
+        raise
     finally:
         concurrent.futures.wait(pending)  # never leave it writing after the run ended
 
     # Last call: scalars, wall time so far and the end status, in one batch.
     final = dict(outcome.scalars)
     final["time/wall_s"] = time.perf_counter() - t0
-    end_tags = {"bpl.status": outcome.status}
+    end_tags = {"bpl.status": outcome.status, tracking.LOGGED_IMAGES_TAG: True}
     if outcome.diverged_epoch is not None:
         end_tags["bpl.diverged_epoch"] = outcome.diverged_epoch
     metrics = latest + tracking.metric_batch([(k, [0], [v]) for k, v in final.items()], now_ms)
     tracking.log_metrics(client, run_id, metrics, tags=end_tags)
     client.set_terminated(run_id, "FINISHED")
     return Recorded(outcome.status, final, boundary_png)
+
+
+def _tag_images(client, run_id: str, images: list[concurrent.futures.Future]) -> None:
+    """A run that fails after an image without its tag was written: the tag, best effort (the
+    run's end as FAILED is run.run's, whatever this does)."""
+    from backprop_lab.tracking import client as tracking
+
+    concurrent.futures.wait(images)
+    if any(not f.exception() for f in images):
+        with contextlib.suppress(Exception):
+            tracking.log_tags(client, run_id, {tracking.LOGGED_IMAGES_TAG: True})
 
 
 def snapshot_epochs(rc: RunConfig) -> list[int]:
