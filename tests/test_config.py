@@ -120,6 +120,20 @@ def test_bad_values_give_one_line_naming_the_key(overrides, expected):
     assert expected in msg
 
 
+def test_validate_resolves_the_task_keys_not_hydras_node():
+    """Hydra's own node is dropped unresolved (it cost ~10x the task keys a job, and some of its
+    values exist only in a running job); a task key may still interpolate it."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationToMissingValueError
+
+    cfg = compose("config", ["experiment_name=x/${hydra.job.name}"], return_hydra_config=True)
+    with pytest.raises(InterpolationToMissingValueError, match="hydra.job.num"):
+        OmegaConf.to_container(cfg, resolve=True)
+    assert C.validate(cfg).experiment_name == f"x/{cfg.hydra.job.name}"
+    with pytest.raises(C.ConfigError, match="^invalid config: seed=\\?\\?\\?: "):
+        C.validate(compose("config", ["seed=???"], return_hydra_config=True))
+
+
 def test_config_key_ignores_tracking_and_force_but_not_semantics():
     base = C.validate(_compose())
     same = C.validate(_compose(["force=true", "tracking.uri=sqlite:////tmp/x.db", "experiment_name=other",

@@ -323,7 +323,18 @@ def _to_dict(cfg: Any) -> dict[str, Any]:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        return OmegaConf.to_container(cfg, resolve=True)
+        # Key by key, without Hydra's own node (validate drops it): resolving that one costs
+        # ~10x the rest (~12 ms a job). Interpolations still resolve against the whole config.
+        data = {}
+        for key in cfg:
+            if key == "hydra":
+                continue
+            if OmegaConf.is_missing(cfg, key):
+                data[key] = "???"  # what to_container keeps: the model's error names the key
+                continue
+            value = cfg[key]
+            data[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        return data
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "?"
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
