@@ -263,6 +263,13 @@ def test_metrics_table_contract_of_the_pinned_mlflow(store):
     table = SqlMetric.__table__
     assert table.name == "metrics" and set(table.c.keys()) == tracking.METRICS_COLUMNS
     assert set(table.primary_key.columns.keys()) == tracking.METRICS_COLUMNS
+    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlParam, SqlTag
+
+    assert set(SqlLatestMetric.__table__.c.keys()) == tracking.LATEST_METRICS_COLUMNS
+    assert set(SqlTag.__table__.c.keys()) == tracking.TAGS_COLUMNS
+    assert set(SqlParam.__table__.c.keys()) == tracking.PARAMS_COLUMNS
+    for model in (SqlLatestMetric, SqlTag, SqlParam):  # write_batch's ON CONFLICT targets
+        assert {c.name for c in model.__table__.primary_key} == {"key", "run_uuid"}
     client, uri, _ = store
     with sqlite3.connect(tracking.sqlite_path(uri)) as con:  # the migrated store itself
         info = con.execute("PRAGMA table_info(metrics)").fetchall()
@@ -358,6 +365,64 @@ def test_a_full_disk_fails_the_history_write_without_the_fallback_warning(store,
         tracking.log_history_async(client, run_id, SERIES, 5).result()
     assert capsys.readouterr().err == ""
     assert client.get_metric_history(run_id, "train/loss") == []
+
+
+def _final_batch():
+    return [tracking.Metric("train/loss", 0.25, 5, 7), tracking.Metric("final/test_acc", 0.875, 5, 0),
+            tracking.Metric("final/test_acc", 0.875, 5, 0)]  # a repeated row: stored once
+
+
+def test_batch_in_one_sql_transaction_equals_log_batch(store, capsys):
+    """write_batch's direct write leaves a run exactly as log_batch does: params, metric rows,
+    latest metrics (only where newer: MLflow's step, timestamp, value order) and tags."""
+    client, _, art = store
+    exp_id = tracking.ensure_experiment(client, "final", art)
+    runs = [client.create_run(exp_id, run_name="same").info.run_id for _ in range(2)]
+    tags = {"bpl.status": "finished", tracking.LOGGED_IMAGES_TAG: True}
+    for run_id, sql in zip(runs, (True, False), strict=True):
+        tracking.log_metrics(client, run_id, [tracking.Metric("train/loss", 0.5, 5, 9),  # newer step
+                                              tracking.Metric("final/test_acc", 0.125, 4, 0)])  # older ts
+        tracking.log_tags(client, run_id, {"bpl.status": "running"})
+        params = [tracking.Param("optim.lr", "0.1"), tracking.Param("model.hidden_sizes", "[10]")]
+        if sql:
+            assert tracking.write_batch(client, run_id, params=params) == "sql"  # the pinned MLflow
+            assert tracking.write_batch(client, run_id, metrics=_final_batch(), tags=tags) == "sql"
+        else:
+            client.log_batch(run_id, params=params)
+            tracking.log_metrics(client, run_id, _final_batch(), tags=tags)
+    ours, theirs = (client.get_run(r).data for r in runs)
+    assert ours.metrics == theirs.metrics == {"train/loss": 0.5, "final/test_acc": 0.875}
+    assert ours.tags == theirs.tags and ours.tags["mlflow.loggedImages"] == "True"
+    assert ours.params == theirs.params == {"optim.lr": "0.1", "model.hidden_sizes": "[10]"}
+    again = [tracking.Param("optim.lr", "0.1")]  # logged before: log_batch's rules, no warning
+    assert tracking.write_batch(client, runs[0], params=again) == "log_batch"
+    with pytest.raises(tracking.MlflowException, match="Changing param values is not allowed"):
+        tracking.write_batch(client, runs[0], params=[tracking.Param("optim.lr", "0.2")])
+    assert capsys.readouterr().err == ""
+    for key in ("train/loss", "final/test_acc"):
+        assert ([(m.step, m.value, m.timestamp) for m in client.get_metric_history(runs[0], key)]
+                == [(m.step, m.value, m.timestamp) for m in client.get_metric_history(runs[1], key)])
+
+
+@pytest.mark.parametrize("fault", ["table changed", "run deleted"])
+def test_sql_batch_falls_back_to_log_batch(store, monkeypatch, capsys, fault):
+    from mlflow.exceptions import MlflowException
+
+    client, _, art = store
+    run_id = client.create_run(tracking.ensure_experiment(client, "final-fallback", art)).info.run_id
+    monkeypatch.setattr(tracking, "_WARNED", set())
+    if fault == "table changed":
+        monkeypatch.setattr(tracking, "TAGS_COLUMNS", tracking.TAGS_COLUMNS | {"extra"})
+        assert tracking.write_batch(client, run_id, metrics=_final_batch(),
+                                    tags={"bpl.status": "finished"}) == "log_batch"
+        assert client.get_run(run_id).data.metrics == {"train/loss": 0.25, "final/test_acc": 0.875}
+        assert client.get_run(run_id).data.tags["bpl.status"] == "finished"
+        assert capsys.readouterr().err.count("backprop-lab warning") == 1
+    else:  # MLflow's own refusal, as log_batch gives it; nothing for the user to upgrade
+        client.delete_run(run_id)
+        with pytest.raises(MlflowException, match="must be in the 'active' state"):
+            tracking.write_batch(client, run_id, metrics=_final_batch(), tags={"bpl.status": "finished"})
+        assert capsys.readouterr().err == ""
 
 
 def _frames():

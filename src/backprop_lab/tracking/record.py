@@ -131,7 +131,7 @@ def train_and_log(client, info, rc: RunConfig, overrides, t0: float, on_epoch=No
     if outcome.diverged_epoch is not None:
         end_tags["bpl.diverged_epoch"] = outcome.diverged_epoch
     metrics = latest + tracking.metric_batch([(k, [0], [v]) for k, v in final.items()], now_ms)
-    tracking.log_metrics(client, run_id, metrics, tags=end_tags)
+    tracking.write_batch(client, run_id, metrics=metrics, tags=end_tags)
     client.set_terminated(run_id, "FINISHED")
     return Recorded(outcome.status, final, boundary_png)
 
