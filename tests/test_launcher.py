@@ -219,3 +219,55 @@ def test_history_writer_thread_works_in_workers_forked_after_the_driver_used_it(
 
     rets = launch(submit, [1, 2], n_jobs=2)
     assert [r.return_value for r in rets] == [1, 2], [r._return_value for r in rets]
+
+
+def test_lean_run_job_writes_and_returns_what_hydras_run_job_does(tmp_path):
+    """job.run_job (one copy of the config) against Hydra's run_job (four) on the same job of the
+    project's config: the task sees the same config and HydraConfig, the job folders hold the same
+    bytes, the JobReturns are equal; hydra.job.chdir=true goes to Hydra's run_job."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import run_job
+    from omegaconf import OmegaConf, open_dict
+
+    from hydra_plugins.backprop_lab_launcher import job as lean_job
+
+    def task(cfg):
+        return OmegaConf.to_yaml(cfg), OmegaConf.to_container(HydraConfig.get(), resolve=True)
+
+    def one(run, where, extra=()):
+        cfg = loader.load_sweep_config(base, ["optim.lr=0.3", "init=normal", "++sweep.job=1", *extra])
+        with open_dict(cfg):
+            cfg.hydra.sweep.dir, cfg.hydra.job.id, cfg.hydra.job.num = str(tmp_path / where), 3, 3
+        ret = run(hydra_context=context, task_function=task, config=cfg, job_dir_key="hydra.sweep.dir",
+                  job_subdir_key="hydra.sweep.subdir")
+        assert HydraConfig.instance().cfg is previous  # restored
+        text = repr((ret.return_value, ret.cfg, ret.hydra_cfg, ret.overrides, ret.working_dir, ret.task_name,
+                     ret.cfg._metadata, ret.hydra_cfg._metadata, OmegaConf.to_yaml(ret.hydra_cfg)))
+        files = {p.name: p.read_bytes() for p in (tmp_path / where / "3" / ".hydra").iterdir()}
+        return ret, text.replace(str(tmp_path / where), "DIR"), files
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+            base = GlobalHydra.instance().hydra.compose_config(
+                "config", ["+sweep=default", f"tracking.artifact_root={tmp_path}"], run_mode=RunMode.MULTIRUN)
+            loader = GlobalHydra.instance().config_loader()
+            context = HydraContext(config_loader=loader, callbacks=Callbacks(base))
+            HydraConfig.instance().set_config(base)
+            previous = HydraConfig.instance().cfg
+            theirs, their_text, their_files = one(run_job, "hydra")
+            ours, our_text, our_files = one(lean_job.run_job, "lean")
+            assert our_text == their_text and "  lr: 0.3\n" in ours.return_value[0]
+            assert ours.hydra_cfg.hydra._get_parent() is ours.hydra_cfg  # a root of its own, as Hydra's copy
+            assert set(our_files) == {"config.yaml", "hydra.yaml", "overrides.yaml"}
+            assert {k: v.replace(str(tmp_path / "lean").encode(), b"DIR") for k, v in our_files.items()} == \
+                {k: v.replace(str(tmp_path / "hydra").encode(), b"DIR") for k, v in their_files.items()}
+            assert (tmp_path / "lean" / "3" / f"{ours.task_name}.log").is_file()  # the job's own log
+            chdir = ["hydra.job.chdir=true"]
+            moved = one(lean_job.run_job, "chdir", chdir)[0]
+            assert not lean_job.covered(loader.load_sweep_config(base, chdir))
+            job_dir = tmp_path / "chdir" / "3"
+            assert moved.working_dir == str(job_dir) and Path.cwd() != job_dir  # Hydra's: cd, then back
+    finally:
+        GlobalHydra.instance().clear()

@@ -22,6 +22,9 @@ class BackpropLabLauncherConf:
     grace_s: float = 10.0
     # Run job 0 in the driver before forking: the workers inherit the caches it warmed.
     warm_start: bool = True
+    # Run each job through job.run_job (Hydra's run_job with one copy of the config instead of
+    # four; the same job folder and JobReturn); false: Hydra's own run_job.
+    lean_run_job: bool = True
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="backprop_lab_fork",

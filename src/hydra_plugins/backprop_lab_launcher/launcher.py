@@ -6,8 +6,10 @@ pickles the job's context to it. Here the driver imports what the jobs need (`pr
 forks N workers with the 'fork' start method: each worker starts with the modules, the task
 function and Hydra's singletons already in memory, and is fed job numbers through a pipe. A
 worker composes its job's config (`composer`, e.g. sweep/jobs.py's JobComposer, created before
-the fork) and runs it through Hydra's `run_job`, exactly as BasicLauncher does; its JobReturn
-comes back pickled; `launch` returns them in job order.
+the fork) and runs it as BasicLauncher does, through `job.run_job`: Hydra's `run_job` with one
+copy of the job's config where Hydra's makes four (the same job folder, `.hydra/` files and
+JobReturn; `lean_run_job: false` uses Hydra's own); its JobReturn comes back pickled; `launch`
+returns them in job order.
 
 - n_jobs=1 (or a single job) runs the jobs in this process, like BasicLauncher.
 - warm_start (default): job 0 runs in the driver before the fork, so every worker starts with
@@ -44,6 +46,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from hydra_plugins.backprop_lab_launcher import job as lean_job
+
 log = logging.getLogger(__name__)
 
 
@@ -53,7 +57,8 @@ class WorkerDied(RuntimeError):
 
 class BackpropLabLauncher(Launcher):
     def __init__(self, n_jobs: int | None = None, preload: Sequence[str] = (),
-                 composer: str | None = None, grace_s: float = 10.0, warm_start: bool = True) -> None:
+                 composer: str | None = None, grace_s: float = 10.0, warm_start: bool = True,
+                 lean_run_job: bool = True) -> None:
         super().__init__()
         if n_jobs is not None and (not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs < 1):
             raise ValueError(f"hydra.launcher.n_jobs={n_jobs!r}: expected a whole number >= 1, or null "
@@ -63,6 +68,7 @@ class BackpropLabLauncher(Launcher):
         self.composer = composer
         self.grace_s = float(grace_s)
         self.warm_start = bool(warm_start)
+        self.lean_run_job = bool(lean_run_job)
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -109,20 +115,21 @@ class BackpropLabLauncher(Launcher):
         loader = self.hydra_context.config_loader
         return lambda overrides: loader.load_sweep_config(self.config, overrides)
 
-    def _run(self, job: tuple[int, list[str]]) -> JobReturn:
+    def _run(self, numbered: tuple[int, list[str]]) -> JobReturn:
         """Compose job (number, overrides) and run it as BasicLauncher does. In a worker, so the
         compositions (a deep copy of the config each) run in parallel, off the driver's path."""
         assert self.config is not None and self.hydra_context is not None
-        idx, overrides = job
+        idx, overrides = numbered
         if self._compose is None:
             self._compose = self._composer()
         cfg = self._compose(overrides)
         with open_dict(cfg):
             cfg.hydra.job.id = idx
             cfg.hydra.job.num = idx
+        run = lean_job.run_job if self.lean_run_job else run_job  # the config is this job's alone
         try:
-            ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
-                          job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+            ret = run(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
+                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
         except Exception as exc:
             # Hydra's own set-up of the job failed before the task ran (writing .hydra/config.yaml
             # in its job folder on a full disk): that job fails, the other jobs go on, as when the
