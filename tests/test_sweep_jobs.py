@@ -75,6 +75,8 @@ def assert_fast_equals_full(cfg: DictConfig) -> tuple[sweep_jobs.JobComposer, li
         assert OmegaConf.to_container(fast) == OmegaConf.to_container(full), overrides
         assert OmegaConf.is_struct(fast) and not OmegaConf.is_readonly(fast.hydra)
         assert task_config(fast) == task_config(full), overrides
+        task = composer.task_dict(list(overrides))  # what compose_jobs validated, when not None
+        assert task is None or task == task_config(full), overrides
         run_config = bpl_config.validate(task_config(full))
         assert job.run_config == run_config, overrides
         assert job.config_key == bpl_config.config_key(run_config), overrides
@@ -92,6 +94,8 @@ def test_every_preset_composes_the_same_configs_the_short_way(hydra_conf, preset
     # One full composition per distinct config-group choice of the preset, not one per job.
     groups = {"default": 3, "seeds": 1, "datasets": 5, "optimizers": 5, "deep_init": 4}
     assert len(composer.bases) == groups[preset]
+    # The driver validated every job from its task keys alone (no copy of the hydra node).
+    assert all(composer.task_dict(o) is not None for o in sweep_jobs.expand_jobs(cfg)[:3])
     # ... and the preset asks what it says (its jobs, validated, are the sweep's).
     rcs = [j.run_config for j in jobs]
     assert {rc.experiment_name for rc in rcs} == {f"backprop-lab/{preset}"}
@@ -145,6 +149,16 @@ def test_errors_are_hydras_own(hydra_conf, overrides):
     with pytest.raises(Exception) as fast:
         sweep_jobs.JobComposer(cfg).compose(overrides)
     assert type(fast.value) is type(full.value) and str(fast.value) == str(full.value)
+
+
+def test_a_job_that_refers_to_the_hydra_node_is_validated_as_the_launcher_runs_it(hydra_conf):
+    """`${hydra:job.num}` differs per job: such a job is composed whole, hydra node and all."""
+    cfg = hydra_conf("experiment_name=x${hydra:job.num}", "seed=1,2")
+    composer = sweep_jobs.JobComposer(cfg)
+    assert composer.task_dict(["experiment_name=x${hydra:job.num}", "seed=1"]) is None
+    assert composer.task_dict(["seed=1"]) is not None
+    jobs = sweep_jobs.compose_jobs(cfg, sweep_jobs.expand_jobs(cfg))
+    assert [job.run_config.experiment_name for job in jobs] == ["x0", "x1"]
 
 
 def test_bad_job_after_good_ones_fails_up_front_with_one_line(hydra_conf):

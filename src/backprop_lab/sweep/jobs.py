@@ -101,23 +101,27 @@ def _loader() -> Any:
 
 def compose_jobs(config: DictConfig, job_overrides: list[list[str]], loader: Any = None) -> list[Job]:
     """Compose every job's config as the launchers will (same loader, same resolver cache) and
-    validate it; the first bad job raises the ConfigError a single run would give."""
+    validate it; the first bad job raises the ConfigError a single run would give. Only the task
+    keys are composed where that is certain to give the same values (`JobComposer.task_dict`)."""
     composer = JobComposer(config, loader)
     hydra_config = HydraConfig.instance()
     previous = hydra_config.cfg
     jobs = []
     try:
         for index, overrides in enumerate(job_overrides):
-            try:
-                job_cfg = composer.compose(list(overrides))
-            except Exception as exc:  # Hydra's composition errors: the single run's one line
-                raise explain(exc, list(overrides), composer.compose,
-                              composer.loader.get_group_options) from None
-            with open_dict(job_cfg):  # what the launchers set before run_job
-                job_cfg.hydra.job.num = index
-                job_cfg.hydra.job.id = f"{job_cfg.hydra.job.name}_{index}"
-            hydra_config.set_config(job_cfg)  # ${hydra:...} resolves as inside the job
-            run_config = bpl_config.validate(_task_dict(job_cfg))  # ConfigError: one line
+            task = composer.task_dict(list(overrides))
+            if task is None:  # not certain the short way: the whole job, as the launcher runs it
+                try:
+                    job_cfg = composer.compose(list(overrides))
+                except Exception as exc:  # Hydra's composition errors: the single run's one line
+                    raise explain(exc, list(overrides), composer.compose,
+                                  composer.loader.get_group_options) from None
+                with open_dict(job_cfg):  # what the launchers set before run_job
+                    job_cfg.hydra.job.num = index
+                    job_cfg.hydra.job.id = f"{job_cfg.hydra.job.name}_{index}"
+                hydra_config.set_config(job_cfg)  # ${hydra:...} resolves as inside the job
+                task = _task_dict(job_cfg)
+            run_config = bpl_config.validate(task)  # ConfigError: one line
             jobs.append(Job(list(overrides), run_config, bpl_config.config_key(run_config),
                             names.run_name(overrides),
                             names.named_values(overrides, run_config.model_dump(mode="json"))))
@@ -174,6 +178,7 @@ class JobComposer:
         self.loader = loader or _loader()
         self.parser = OverridesParser.create()  # as load_configuration parses
         self.bases: dict[tuple[str, ...], DictConfig] = {}
+        self.task_bases: dict[tuple[str, ...], DictConfig | None] = {}  # task keys of each base
         self.repo = None  # the config repository Hydra classifies overrides with
         if isinstance(self.loader, ConfigLoaderImpl):
             hydra_overrides = list(config.hydra.overrides.hydra)
@@ -190,8 +195,41 @@ class JobComposer:
             fast = None
         return fast if fast is not None else self.loader.load_sweep_config(self.config, overrides)
 
-    def _fast(self, overrides: list[str]) -> DictConfig | None:
-        """The job's config through a cached base, or None when the short cut is not certain."""
+    def task_dict(self, overrides: list[str]) -> dict | None:
+        """`_task_dict(compose(overrides))` (the task keys resolved, as plain containers) from a
+        copy of the cached base's task keys alone: no copy of the hydra node (~2/3 of a
+        composition's copy) and no HydraConfig per job, ~5 ms a job instead of ~25. None when
+        that is not certain: the job is not on the short way, its overrides fail there, or its
+        config or overrides refer to the hydra node (`${hydra:job.num}` differs per job)."""
+        try:
+            plan = self._plan(overrides)
+            if plan is None or any("hydra" in o.input_line for o in plan[2]):
+                return None
+            task_base = self._task_base(plan[1], plan[0])
+            if task_base is None:
+                return None
+            cfg = copy.deepcopy(task_base)
+            OmegaConf.copy_cache(from_config=self.config, to_config=cfg)
+            ConfigLoaderImpl._apply_overrides_to_config(plan[2], cfg)
+            task = _task_dict(cfg)
+        except Exception:  # the whole composition gives the error (Hydra's own)
+            return None
+        return task if isinstance(task, dict) else None
+
+    def _task_base(self, key: tuple[str, ...], base: DictConfig) -> DictConfig | None:
+        """The base's task keys as a config of their own (once per base); None when one of its
+        values refers to the hydra node."""
+        if key not in self.task_bases:
+            task_base = OmegaConf.masked_copy(base, [k for k in base if k != "hydra"])
+            OmegaConf.set_struct(task_base, OmegaConf.is_struct(base))
+            unresolved = json.dumps(OmegaConf.to_container(task_base, resolve=False), default=str)
+            self.task_bases[key] = None if "hydra" in unresolved else task_base
+        return self.task_bases[key]
+
+    def _plan(self, overrides: list[str]) -> tuple[DictConfig, tuple[str, ...], list[Override],
+                                                    list[Override]] | None:
+        """(cached base, its key, the plain overrides, the task overrides) of the short way, or
+        None when it is not certain."""
         if self.repo is None:
             return None
         parsed = self.parser.parse_overrides(overrides)
@@ -208,6 +246,14 @@ class JobComposer:
                      and not o.is_hydra_override()]
         if list(base.hydra.overrides.task) != base_task:
             return None  # something else wrote hydra.overrides.task: not the case this knows
+        return base, base_lines, plain, task
+
+    def _fast(self, overrides: list[str]) -> DictConfig | None:
+        """The job's config through a cached base, or None when the short cut is not certain."""
+        plan = self._plan(overrides)
+        if plan is None:
+            return None
+        base, _, plain, task = plan
         cfg = copy.deepcopy(base)
         OmegaConf.copy_cache(from_config=self.config, to_config=cfg)
         ConfigLoaderImpl._apply_overrides_to_config(plain, cfg)
