@@ -5,10 +5,12 @@
 The jobs: lr {0.1, 1.0} x width {2, 16, 64} x init {he, normal} of the default preset (seed 0,
 1000 epochs), on a fresh SQLite store in a temporary folder. Measured as process CPU time
 (every thread of this process), per job:
-  compose   JobComposer.compose: the job's config from the cached base (the driver does it once
-            to validate, the launcher's worker again to run it)
-  run_job   Hydra's run_job around a task that does nothing (job folder, .hydra/ copies,
-            HydraConfig, logging)
+  plan      sweep.jobs.compose_jobs: the driver validates every job before the sweep starts
+            (serial); beside it the same done the whole way (compose + HydraConfig + task dict),
+            what it cost before JobComposer.task_dict
+  compose   JobComposer.compose: the job's config from the cached base, in the launcher's worker
+  run_job   the launcher's job.run_job around a task that does nothing (job folder, .hydra/
+            files, HydraConfig, logging); beside it Hydra's own run_job on the same configs
   run.run   the job's task: tracking.run.run (validate, store, compute, figures, MLflow)
   compute   the same configs through core.compute alone (the compute floor's part)
 run.run - compute is what tracking and figures cost.
@@ -44,9 +46,10 @@ def main() -> None:
 
     from backprop_lab.config.schema import validate
     from backprop_lab.core import compute
-    from backprop_lab.sweep.jobs import JobComposer
+    from backprop_lab.sweep.jobs import JobComposer, _task_dict, compose_jobs
     from backprop_lab.tracking import run as R
-    from backprop_lab.tracking.run import JobContext
+    from backprop_lab.tracking.run import JobContext, SweepJob
+    from hydra_plugins.backprop_lab_launcher import job as lean_job
 
     cpu = time.process_time
     with tempfile.TemporaryDirectory(prefix="bpl-phases-") as tmp:
@@ -60,19 +63,41 @@ def main() -> None:
                           return_hydra_config=True)
             HydraConfig.instance().set_config(cfg)
             loader = GlobalHydra.instance().config_loader()
-            composer = JobComposer(cfg, loader)
-            composer.compose(jobs[0])  # the cached base
+            # Both plans compose their bases (one per init: 2 Hydra compositions for 12 jobs).
             t = cpu()
-            composed = [composer.compose(overrides) for overrides in jobs]
+            compose_jobs(cfg, jobs, loader)
+            t_plan = (cpu() - t) / len(jobs)
+            t = cpu()
+            composer = JobComposer(cfg, loader)
+            for k, overrides in enumerate(jobs):  # the whole way, as compose_jobs did before
+                whole = composer.compose(overrides)
+                with open_dict(whole):
+                    whole.hydra.job.num, whole.hydra.job.id = k, f"{whole.hydra.job.name}_{k}"
+                HydraConfig.instance().set_config(whole)
+                validate(_task_dict(whole))
+            t_plan_whole = (cpu() - t) / len(jobs)
+            HydraConfig.instance().set_config(cfg)
+            # As the launcher's workers get them: the sweeper's sweep.* overrides appended.
+            told = SweepJob("0" * 32, "bench", 1, len(jobs), time.time()).overrides()
+            t = cpu()
+            composed = [composer.compose([*overrides, *told]) for overrides in jobs]
             t_compose = (cpu() - t) / len(jobs)
             context = HydraContext(config_loader=loader, callbacks=Callbacks(cfg))
-            t = cpu()
-            for k, job_cfg in enumerate(composed):
-                with open_dict(job_cfg):
-                    job_cfg.hydra.job.id = job_cfg.hydra.job.num = k
-                run_job(hydra_context=context, task_function=lambda _cfg: None, config=job_cfg,
-                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
-            t_run_job = (cpu() - t) / len(jobs)
+            timings = {}
+            for name, run_job_fn in (("hydra", run_job), ("lean", lean_job.run_job)):
+                configs = [composer.compose([*overrides, *told]) for overrides in jobs]
+                t = cpu()
+                rets = []
+                for k, job_cfg in enumerate(configs):
+                    with open_dict(job_cfg):
+                        job_cfg.hydra.job.id = job_cfg.hydra.job.num = k
+                        job_cfg.hydra.sweep.dir = str(root / name)
+                    rets.append(run_job_fn(hydra_context=context, task_function=lambda _cfg: None,
+                                           config=job_cfg, job_dir_key="hydra.sweep.dir",
+                                           job_subdir_key="hydra.sweep.subdir"))
+                timings[name] = (cpu() - t) / len(jobs)
+            t_run_job, t_run_job_hydra = timings["lean"], timings["hydra"]
+            composed = [ret.cfg for ret in rets]  # the task's configs (no hydra node), as it gets them
             configs = [validate(job_cfg) for job_cfg in composed]
             with threadpool_limits(limits=1, user_api="blas"):
                 quiet = io.StringIO()
@@ -81,8 +106,8 @@ def main() -> None:
                 warm_cfg = composer.compose(warm)
                 with open_dict(warm_cfg):
                     warm_cfg.hydra.job.id = warm_cfg.hydra.job.num = len(jobs)
-                run_job(hydra_context=context, task_function=lambda _cfg: None, config=warm_cfg,
-                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+                lean_job.run_job(hydra_context=context, task_function=lambda _cfg: None, config=warm_cfg,
+                                 job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
                 warmed = R.run(warm_cfg, JobContext(mode="multirun", overrides=tuple(warm)), out=quiet)
                 if warmed.status != "finished":
                     raise SystemExit(f"bench_phases: the warm-up run did not train:\n{quiet.getvalue()}")
@@ -98,12 +123,13 @@ def main() -> None:
                 t_compute = (cpu() - t) / len(jobs)
     ms = 1000.0
     print(f"per job, CPU ms ({len(jobs)} jobs x {args.epochs} epochs, warm, one process):")
-    print(f"  compose {t_compose * ms:.0f} (x2: driver + worker)   run_job {t_run_job * ms:.0f}")
+    print(f"  plan {t_plan * ms:.0f} (the whole way: {t_plan_whole * ms:.0f})"
+          f"   compose {t_compose * ms:.0f}   run_job {t_run_job * ms:.0f}"
+          f" (Hydra's: {t_run_job_hydra * ms:.0f})")
     print(f"  run.run {t_run * ms:.0f} = compute {t_compute * ms:.0f} + tracking and figures "
           f"{(t_run - t_compute) * ms:.0f}")
-    overhead = 2 * t_compose + t_run_job + t_run - t_compute
+    overhead = t_plan + t_compose + t_run_job + t_run - t_compute
     print(f"  overhead / compute = {overhead / t_compute:.2f} (target of issue 14: <= 0.30)")
-
 
 if __name__ == "__main__":
     main()
