@@ -37,7 +37,7 @@ def launch(tmp_path):
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "app.yaml").write_text("x: 0\n")
 
-    def run(task, jobs, n_jobs=2, **kwargs):
+    def run(task, jobs, n_jobs=2, before=None, **kwargs):
         GlobalHydra.instance().clear()
         with initialize_config_dir(str(tmp_path / "conf"), version_base="1.3"):
             overrides = [f"hydra.sweep.dir={tmp_path / 'multirun'}", "hydra/launcher=backprop_lab_fork"]
@@ -46,6 +46,8 @@ def launch(tmp_path):
             context = HydraContext(config_loader=loader, callbacks=Callbacks(cfg))
             launcher = BackpropLabLauncher(n_jobs=n_jobs, **kwargs)
             launcher.setup(hydra_context=context, task_function=task, config=cfg)
+            if before is not None:  # before(launcher, cfg): what a sweeper does before launching
+                before(launcher, cfg)
             return launcher.launch([[f"x={x}"] for x in jobs], initial_job_idx=0)
 
     yield run
@@ -207,6 +209,38 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state != "Z"
+
+
+def x_marked_pid(cfg):
+    return cfg.x, cfg.get("marked", False), os.getpid()
+
+
+def test_workers_compose_with_the_sweepers_composer_and_its_bases(launch):
+    """use_composer: the sweeper's JobComposer, its base composed when it planned the jobs (and
+    marked here). Every job's config comes from that base; composing a base again raises."""
+    from omegaconf import open_dict
+
+    from backprop_lab.sweep.jobs import JobComposer
+
+    class NoMoreCompositions:
+        def __getattr__(self, name):
+            raise AssertionError(f"composed again ({name})")
+
+    def share(launcher, cfg):
+        composer = JobComposer(cfg)
+        composer.compose(["x=9"])  # the plan
+        for base in composer.bases.values():
+            with open_dict(base):
+                base.marked = True
+        composer.loader = NoMoreCompositions()
+        launcher.use_composer(composer)
+
+    composer = "backprop_lab.sweep.jobs.JobComposer"
+    rets = launch(x_marked_pid, [1, 2, 3], n_jobs=2, composer=composer, before=share)
+    assert [r.return_value[:2] for r in rets] == [(1, True), (2, True), (3, True)]
+    assert os.getpid() not in {r.return_value[2] for r in rets[1:]}  # jobs 1, 2: in forked workers
+    unshared = launch(x_marked_pid, [1], n_jobs=2, before=share)  # composer: null (Hydra's): ignored
+    assert unshared[0].return_value[:2] == (1, False)
 
 
 def test_history_writer_thread_works_in_workers_forked_after_the_driver_used_it(launch):

@@ -64,9 +64,11 @@ def task_overrides(overrides: list[str]) -> list[str]:
     return [o for o in overrides if not o.lstrip("+~").startswith("sweep=")]
 
 
-def plan_jobs(config: DictConfig, arguments: list[str], loader: Any, params: dict | None = None) -> list[Job]:
-    """Expand, compose and validate every job; raise ConfigError (one line) or SweepError."""
-    jobs = compose_jobs(config, expand_jobs(config, arguments, loader, params), loader)
+def plan_jobs(config: DictConfig, arguments: list[str], loader: Any, params: dict | None = None,
+              composer: JobComposer | None = None) -> list[Job]:
+    """Expand, compose and validate every job; raise ConfigError (one line) or SweepError.
+    composer: the JobComposer to compose with (the sweeper hands it to its launcher next)."""
+    jobs = compose_jobs(config, expand_jobs(config, arguments, loader, params), loader, composer)
     if not jobs:
         raise SweepError("the sweep has no jobs")
     experiments = sorted({job.run_config.experiment_name for job in jobs})
@@ -99,11 +101,12 @@ def _loader() -> Any:
     return GlobalHydra.instance().config_loader()
 
 
-def compose_jobs(config: DictConfig, job_overrides: list[list[str]], loader: Any = None) -> list[Job]:
+def compose_jobs(config: DictConfig, job_overrides: list[list[str]], loader: Any = None,
+                 composer: JobComposer | None = None) -> list[Job]:
     """Compose every job's config as the launchers will (same loader, same resolver cache) and
     validate it; the first bad job raises the ConfigError a single run would give. Only the task
     keys are composed where that is certain to give the same values (`JobComposer.task_dict`)."""
-    composer = JobComposer(config, loader)
+    composer = composer or JobComposer(config, loader)
     hydra_config = HydraConfig.instance()
     previous = hydra_config.cfg
     jobs = []

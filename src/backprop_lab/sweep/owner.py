@@ -5,7 +5,7 @@ one way: sweeper -> launcher -> job -> return value.
 
 1. plan: expand the jobs as Hydra's BasicSweeper does, compose and validate every one
    (sweep.jobs); a bad key, option or value ends in the single run's one line, exit 2, with
-   nothing written.
+   nothing written. The project's launcher composes the jobs again with the same JobComposer.
 2. open the store, hold the experiment (sweep.lock: a second sweep on it is refused, exit 2;
    on SQLite the lock file also reserves room to end the runs if the disk fills), create the
    parent run or resume the one with the same sweep definition (tag bpl.sweep_key).
@@ -61,6 +61,9 @@ class Sweep:
         self.config, self.launcher, self.loader = config, launcher, loader
         self.params, self.max_batch_size, self.dry_run = params, max_batch_size, dry_run
         self.out = out or sys.stdout
+        # Composes every job up front; the launcher gets it too when it takes one (`use_composer`):
+        # its forked workers then inherit the config bases the plan composed (~0.1-0.3 s each).
+        self.composer = sweep_jobs.JobComposer(config, loader)
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -69,7 +72,7 @@ class Sweep:
 
     def run(self, arguments: list[str]) -> list[RunSummary]:
         try:
-            jobs = sweep_jobs.plan_jobs(self.config, arguments, self.loader, self.params)
+            jobs = sweep_jobs.plan_jobs(self.config, arguments, self.loader, self.params, self.composer)
         except SweepError as exc:
             _exit(f"sweep: {exc}", 2)
         except UserError as exc:  # ConfigError: the single run's line for the same mistake
@@ -174,6 +177,9 @@ class Sweep:
         """Run the jobs with the configured launcher; id(job) -> the RunSummary it returned."""
         started = time.time()
         self.write_multirun_yaml()
+        use_composer = getattr(self.launcher, "use_composer", None)  # the project's launcher
+        if use_composer is not None:
+            use_composer(self.composer)
         size = self.max_batch_size or len(todo) or 1
         returned: dict[int, RunSummary] = {}
         for start in range(0, len(todo), size):

@@ -80,6 +80,14 @@ class BackpropLabLauncher(Launcher):
         self.hydra_context = hydra_context
         self.task_function = task_function
 
+    def use_composer(self, composer: Any) -> None:
+        """Compose the jobs with `composer.compose` (the sweeper's JobComposer, which composed
+        and validated them before the launch): the bases it holds are not composed again, by the
+        driver nor by the workers it forks. Ignored unless `composer` is configured (null: Hydra's
+        load_sweep_config) and the composer works on this launcher's config."""
+        if self.composer and getattr(composer, "config", None) is self.config:
+            self._compose = composer.compose
+
     def workers_for(self, n_jobs: int) -> int:
         """How many workers `launch` starts for n_jobs jobs (1: the jobs run in this process)."""
         wanted = self.n_jobs if self.n_jobs is not None else (os.cpu_count() or 1)
@@ -101,7 +109,8 @@ class BackpropLabLauncher(Launcher):
                                "use hydra.launcher.n_jobs=1 or hydra/launcher=joblib")
         for module in self.preload:
             importlib.import_module(module)
-        self._compose = self._composer()  # before the fork: every worker shares its cached bases
+        if self._compose is None:  # before the fork: every worker shares its cached bases
+            self._compose = self._composer()
         first = []
         if self.warm_start:  # the workers inherit what job 0 warmed (figure caches, compiled SQL)
             first, jobs = [self._run(jobs[0])], jobs[1:]
