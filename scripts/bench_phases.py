@@ -6,8 +6,8 @@ The jobs: lr {0.1, 1.0} x width {2, 16, 64} x init {he, normal} of the default p
 1000 epochs), on a fresh SQLite store in a temporary folder. Measured as process CPU time
 (every thread of this process), per job:
   plan      sweep.jobs.compose_jobs: the driver validates every job before the sweep starts
-            (serial); beside it the same done the whole way (compose + HydraConfig + task dict),
-            what it cost before JobComposer.task_dict
+            (serial; past the bases); beside it every job composed whole (hydra node, HydraConfig),
+            as before JobComposer.task_dict
   compose   JobComposer.compose: the job's config from the cached base, in the launcher's worker
   run_job   the launcher's job.run_job around a task that does nothing (job folder, .hydra/
             files, HydraConfig, logging); beside it Hydra's own run_job on the same configs
@@ -46,7 +46,7 @@ def main() -> None:
 
     from backprop_lab.config.schema import validate
     from backprop_lab.core import compute
-    from backprop_lab.sweep.jobs import JobComposer, _task_dict, compose_jobs
+    from backprop_lab.sweep.jobs import JobComposer, compose_jobs
     from backprop_lab.tracking import run as R
     from backprop_lab.tracking.run import JobContext, SweepJob
     from hydra_plugins.backprop_lab_launcher import job as lean_job
@@ -63,18 +63,18 @@ def main() -> None:
                           return_hydra_config=True)
             HydraConfig.instance().set_config(cfg)
             loader = GlobalHydra.instance().config_loader()
-            # Both plans compose their bases (one per init: 2 Hydra compositions for 12 jobs).
-            t = cpu()
-            compose_jobs(cfg, jobs, loader)
-            t_plan = (cpu() - t) / len(jobs)
-            t = cpu()
+            # Per job, past the bases (one Hydra composition per init, ~0.1-0.3 s each, once a
+            # sweep: the launcher gets the same composer, use_composer).
             composer = JobComposer(cfg, loader)
-            for k, overrides in enumerate(jobs):  # the whole way, as compose_jobs did before
-                whole = composer.compose(overrides)
-                with open_dict(whole):
-                    whole.hydra.job.num, whole.hydra.job.id = k, f"{whole.hydra.job.name}_{k}"
-                HydraConfig.instance().set_config(whole)
-                validate(_task_dict(whole))
+            compose_jobs(cfg, jobs, loader, composer)
+            t = cpu()
+            compose_jobs(cfg, jobs, loader, composer)
+            t_plan = (cpu() - t) / len(jobs)
+            whole = JobComposer(cfg, loader)
+            whole.task_dict = lambda overrides: None  # every job composed whole, hydra node and all
+            compose_jobs(cfg, jobs, loader, whole)
+            t = cpu()
+            compose_jobs(cfg, jobs, loader, whole)
             t_plan_whole = (cpu() - t) / len(jobs)
             HydraConfig.instance().set_config(cfg)
             # As the launcher's workers get them: the sweeper's sweep.* overrides appended.
