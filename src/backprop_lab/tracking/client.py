@@ -8,6 +8,7 @@ Imports no layer internals (core modules); see docs/pipeline.md for the why of e
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import functools
 import io
 import itertools
@@ -370,6 +371,8 @@ def log_images_async(client: MlflowClient, run_id: str, key: str, images, timest
                     _write_image(artifact_uri, key, int(step), timestamp_ms, image, encode_png)
                     continue
                 except Exception as exc:  # any surprise: the public API for this run's images
+                    if _disk_refused(exc):  # a full disk is no reason to change paths: the run fails
+                        raise
                     first_line = (str(exc).strip().splitlines() or [""])[0][:160]
                     _warn_once(f"writing MLflow's image files directly failed ({type(exc).__name__}: "
                                f"{first_line}); logging images with MLflow's log_image (slower); "
@@ -454,6 +457,11 @@ PARAMS_COLUMNS = TAGS_COLUMNS = frozenset({"run_uuid", "key", "value"})
 
 # SQLite's own refusals of a write (sqlite3 error texts): the store failed, not MLflow's schema.
 _STORE_REFUSALS = ("disk is full", "disk I/O error", "database is locked", "readonly database")
+
+
+def _disk_refused(exc: BaseException) -> bool:
+    """The artifact folder's file system refused a write (full, quota, read-only, I/O error)."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 
 
 def _store_refused(exc: BaseException) -> bool:
