@@ -1,16 +1,29 @@
-"""A real tiny sweep store shared by tests/test_analysis.py and tests/test_notebooks.py.
+"""One real sweep store per test session, shared by tests/test_analysis.py, tests/test_notebooks.py
+and tests/test_ui_browser.py.
 
-Both modules call `tiny_store(tmp_path_factory)` from a session fixture; the store is built once
-per test session, shared by every xdist worker (a file lock; a marker file says it is complete),
-by the real command line:
-`scripts/train.py --multirun +sweep=<preset> ...` into a temporary SQLite store.
+Each module calls `tiny_store(tmp_path_factory, session, part)` from a fixture; the store is built
+once per test session, shared by every xdist worker (a file lock: the first starts the build; a
+marker file per part says it is complete: each waits for its own part), by the real command line
+`scripts/train.py --multirun +sweep=<preset> ...` into a temporary SQLite store. Two parts, each
+built only when a test of the session reads it:
+- "analysis": three small sweeps (two of the default preset, one of deep_init) that the analysis
+  and notebook tests read;
+- "ui": `make sweep` with every configuration and seed of the default preset (108 runs) in its own
+  experiment, the one the browser tests show (built last: `make ui` links the newest sweep).
+All sweeps of a build run one after another in ONE Python process (`_DRIVER`): each is the
+script's own `__main__` block run with that sweep's argv, so the interpreter start and the imports
+of Hydra, MLflow and matplotlib (~7 s CPU a sweep) are paid once per session, not once per sweep;
+a part's tests start as soon as its last sweep ends.
 """
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +31,7 @@ from filelock import FileLock
 
 from backprop_lab import QUIET_ENV
 from conftest import session_dir
+from ui_helpers import browser_missing_reason
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = REPO / ".venv" / "bin" / "python"
@@ -38,6 +52,18 @@ REUSED_JOB = {"init": ("he",), "optim.lr": (1.0,), "model.width": (2,), "seed": 
 DEEP_GRID = {"init": ("he", "xavier"), "seed": (0, 1), "optim.lr": (0.01,)}
 DEEP_EPOCHS = 100
 DEEP_DEPTH = 30  # conf/model/deep.yaml
+# The browser tests' sweep: `make sweep` as cheap as it gets with every configuration of the
+# default preset and its seeds (3 inits x 3 lr x 4 widths x 3 seeds = 108 children, more than the
+# UI's 100 runs a page): 10 epochs still log two boundary snapshots (steps 0 and 10, so the image
+# grid's slider moves) and a 10-point curve per run; the gradient check (two per run) is the
+# largest share of a short run and no UI step shows it. Its own experiment: the analysis tests
+# read the default experiment's latest sweep.
+UI_EXPERIMENT = "backprop-lab/ui"
+UI_EPOCHS = 10
+UI_RUNS = 108
+UI_OVERRIDES = ("gradcheck.enabled=false", f"experiment_name={UI_EXPERIMENT}")
+# Which part the tests of each module read.
+READERS = {"test_analysis.py": "analysis", "test_notebooks.py": "analysis", "test_ui_browser.py": "ui"}
 
 
 @dataclass(frozen=True)
@@ -46,29 +72,100 @@ class Store:
     root: Path
 
 
-def _sweep(root: Path, preset: str, grid: dict, epochs: int, *extra: str) -> None:
+# `python scripts/train.py --multirun <argv>` for each [argv, marker] of the JSON list in
+# sys.argv[1], in this one process; after a sweep, its marker file (if any) is created: the tests
+# reading the parts built so far go on while the next sweeps run. runpy runs the script as
+# `__main__` (its precheck, then @hydra.main), exactly as the shell does; Hydra's global state is
+# cleared between two sweeps (the next @hydra.main initialises it again). Any failure (a sweep
+# exiting non-zero included) writes sys.argv[2] and ends the list.
+_DRIVER = """
+import json, pathlib, runpy, sys, traceback
+from hydra.core.global_hydra import GlobalHydra
+sweeps, failed = json.loads(sys.argv[1]), pathlib.Path(sys.argv[2])
+try:
+    for argv, marker in sweeps:
+        sys.argv = ["scripts/train.py", "--multirun", *argv]
+        try:
+            runpy.run_path("scripts/train.py", run_name="__main__")
+        except SystemExit as exc:
+            if exc.code not in (0, None):
+                raise RuntimeError(f"sweep {argv} exited {exc.code}") from exc
+        GlobalHydra.instance().clear()
+        if marker:
+            pathlib.Path(marker).touch()
+except BaseException:
+    failed.write_text(traceback.format_exc())
+    raise
+"""
+_BUILD: list[subprocess.Popen] = []  # the build this process started (kept: it is waited for)
+
+
+def sweep_args(root: Path, preset: str, grid: dict, epochs: int, *extra: str, folder: str = "") -> list[str]:
+    """The `scripts/train.py --multirun` arguments (after --multirun) of one sweep into `root`."""
     overrides = [f"{k}={','.join(str(v) for v in values)}" for k, values in grid.items()]
-    command = [str(PYTHON if PYTHON.exists() else sys.executable), "scripts/train.py", "--multirun",
-               f"+sweep={preset}", f"train.epochs={epochs}", *overrides, *extra,
-               f"tracking.uri=sqlite:///{root / 'mlflow.db'}", f"tracking.artifact_root={root / 'art'}",
-               f"hydra.sweep.dir={root / 'multirun' / preset}"]
+    return [f"+sweep={preset}", f"train.epochs={epochs}", *overrides, *extra,
+            f"tracking.uri=sqlite:///{root / 'mlflow.db'}", f"tracking.artifact_root={root / 'art'}",
+            f"hydra.sweep.dir={root / 'multirun' / (folder or preset)}"]
+
+
+def part_sweeps(root: Path, part: str) -> list[list[str]]:
+    if part == "analysis":
+        return [sweep_args(root, "default", REUSED_JOB, DEFAULT_EPOCHS),
+                sweep_args(root, "default", DEFAULT_GRID, DEFAULT_EPOCHS),
+                sweep_args(root, "deep_init", DEEP_GRID, DEEP_EPOCHS)]
+    return [sweep_args(root, "default", {}, UI_EPOCHS, *UI_OVERRIDES, folder="ui")]
+
+
+def start_build(root: Path, parts: list[str]) -> subprocess.Popen:
+    """Start the sweeps of `parts` (in order) in one Python process (`_DRIVER`), output in
+    root/build.log; root/complete-<part> appears once a part is built, root/failed on a failure."""
+    sweeps = []
+    for part in parts:
+        argvs = part_sweeps(root, part)
+        sweeps += [[argv, None] for argv in argvs[:-1]] + [[argvs[-1], str(root / f"complete-{part}")]]
+    python = str(PYTHON if PYTHON.exists() else sys.executable)
     env = {**os.environ, **QUIET_ENV}
     env.pop("MLFLOW_TRACKING_URI", None)
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        raise RuntimeError(f"sweep {preset} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    with open(root / "build.log", "w") as log:
+        return subprocess.Popen([python, "-c", _DRIVER, json.dumps(sweeps), str(root / "failed")], cwd=REPO,
+                                env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
-def tiny_store(tmp_path_factory) -> Store:
+def wait_for(root: Path, part: str, timeout_s: float = 1800.0) -> None:
+    """Until root/complete-<part> exists; a failed or vanished build raises with its log's tail."""
+    deadline = time.monotonic() + timeout_s
+    while not (root / f"complete-{part}").exists():
+        ended = [b for b in _BUILD if b.poll() is not None]  # this process's build, if any
+        if (root / "failed").exists() or ended or time.monotonic() > deadline:
+            time.sleep(0.5)  # the marker of a build that ended well may come last
+            if (root / f"complete-{part}").exists():
+                return
+            log = (root / "build.log").read_text()[-3000:] if (root / "build.log").exists() else ""
+            raise RuntimeError(f"the test store's {part} part was not built:\n{log}")
+        time.sleep(0.5)
+
+
+def parts_read(session) -> set[str]:
+    """The parts the session's tests read (the browser tests' only if they can run)."""
+    modules = {item.path.name for item in session.items}
+    wanted = {READERS[m] for m in modules & READERS.keys()}
+    if browser_missing_reason() is not None:
+        wanted.discard("ui")
+    return wanted
+
+
+def tiny_store(tmp_path_factory, session, part: str) -> Store:
+    """The session's store once its `part` is built. The first caller starts the build of every
+    part the session's tests read (`parts_read`, the ui part last) in one process; each caller
+    waits only for its own part."""
     root = session_dir(tmp_path_factory) / "bpl_analysis_store"
-    marker = root / "complete"
-    with FileLock(f"{root}.lock"):  # the first worker builds it, the others wait and read it
-        if not marker.exists():
-            root.mkdir(exist_ok=True)
-            _sweep(root, "default", REUSED_JOB, DEFAULT_EPOCHS)
-            _sweep(root, "default", DEFAULT_GRID, DEFAULT_EPOCHS)
-            _sweep(root, "deep_init", DEEP_GRID, DEEP_EPOCHS)
-            marker.touch()
+    with FileLock(f"{root}.lock"):  # the first worker starts the build, the others find it started
+        if not root.exists():
+            root.mkdir()
+            wanted = parts_read(session) | {part}
+            _BUILD.append(start_build(root, [p for p in ("analysis", "ui") if p in wanted]))
+            atexit.register(_BUILD[-1].wait)  # this worker may finish first: reap the build
+    wait_for(root, part)
     return Store(uri=f"sqlite:///{root / 'mlflow.db'}", root=root)
 
 

@@ -21,8 +21,8 @@ DEFAULT = "backprop-lab/default"
 
 
 @pytest.fixture(scope="session")
-def store(tmp_path_factory):
-    return tiny_store(tmp_path_factory)
+def store(request, tmp_path_factory):
+    return tiny_store(tmp_path_factory, request.session, "analysis")
 
 
 @pytest.fixture(scope="session")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
 import re
 import shutil
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing, contextmanager, redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -27,21 +31,95 @@ EXPECTED_FIGURES = {"01-sweep-overview.ipynb": 3, "02-initialization-study.ipynb
 
 
 @pytest.fixture(scope="session")
-def store(tmp_path_factory):
-    return tiny_store(tmp_path_factory)
+def store(request, tmp_path_factory):
+    return tiny_store(tmp_path_factory, request.session, "analysis")
+
+
+@dataclass
+class MakeNotebooks:
+    """One in-process `run_notebooks.main` (what `make notebooks` runs) and what it left behind."""
+
+    uri: str
+    status: int
+    stdout: str
+    stderr: str  # this process's and every kernel's (file descriptor 2)
+    reports: Path
+    notebooks: dict  # name -> the executed notebook (nbformat)
+
+
+@contextmanager
+def stderr_to(path: Path):
+    """Everything written to stderr inside: sys.stderr and file descriptor 2, which the kernels
+    started inside inherit (a kernel's own warnings never reach a cell's outputs)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "w") as file, redirect_stderr(file):
+        os.dup2(file.fileno(), 2)
+        try:
+            yield
+        finally:
+            file.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def make_notebooks(argv: list[str], folder: Path) -> MakeNotebooks:
+    """`run_notebooks.main(argv)` in this process (no new interpreter), keeping every notebook it
+    executed (run_notebooks.execute itself runs; it is only wrapped to keep its result)."""
+    executed = {}
+    real = run_notebooks.execute
+
+    def keep(path, *args, **kwargs):
+        executed[Path(path).name] = real(path, *args, **kwargs)
+        return executed[Path(path).name]
+
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, redirect_stdout(out), stderr_to(folder / "stderr.txt"):
+        patch.setattr(run_notebooks, "execute", keep)
+        status = run_notebooks.main([*argv, "--out", str(folder / "reports")])
+    uri = argv[argv.index("--tracking-uri") + 1]
+    return MakeNotebooks(uri, status, out.getvalue(), (folder / "stderr.txt").read_text(),
+                         folder / "reports", executed)
 
 
 @pytest.fixture(scope="module")
-def executed(store):
-    """name -> the notebook executed against the tiny store (each at most once per module)."""
+def default_only(store, tmp_path_factory) -> MakeNotebooks:
+    """`make sweep && make notebooks` (02 and 03) on a copy of the store without its deep_init sweep:
+    03 runs whole, 02 only its part 1. Its executed 03 is the one the tests below read."""
+    folder = tmp_path_factory.mktemp("default_only")
+    db = folder / "mlflow.db"
+    # SQLite's backup, not a file copy: the UI tests' server may be writing the shared store (WAL).
+    # Artifacts stay where the runs point (absolute paths).
+    with closing(sqlite3.connect(store.root / "mlflow.db")) as source, closing(sqlite3.connect(db)) as con:
+        source.backup(con)
+    with sqlite3.connect(db) as con:  # the store as a user has it before `make sweep SWEEP=deep_init`
+        con.execute("UPDATE experiments SET name = 'backprop-lab/elsewhere' "
+                    "WHERE name = 'backprop-lab/deep_init'")
+    return make_notebooks([str(NOTEBOOKS / "02-initialization-study.ipynb"),
+                           str(NOTEBOOKS / "03-gradient-checking.ipynb"), "--tracking-uri", f"sqlite:///{db}"],
+                          folder)
+
+
+# Notebook 03 reads only the default experiment, which the store and its copy in `default_only`
+# hold alike: that run's executed 03 serves its tests (one kernel less).
+SHARED_WITH_DEFAULT_ONLY = {"03-gradient-checking.ipynb"}
+
+
+@pytest.fixture(scope="module")
+def executed(store, default_only):
+    """name -> (the notebook executed against the tiny store, the store URI it was given); each
+    notebook executed at most once per module."""
     cache = {}
 
     def run(name):
+        if name in SHARED_WITH_DEFAULT_ONLY:
+            assert name in default_only.notebooks, default_only.stdout + default_only.stderr
+            return default_only.notebooks[name], default_only.uri
         if name not in cache:
             # BPL_EXPERIMENT empty: each notebook reads its own default experiment.
             env = {"BPL_TRACKING_URI": store.uri, "BPL_EXPERIMENT": "", "BPL_SWEEP": "latest"}
             cache[name] = run_notebooks.execute(NOTEBOOKS / name, env, timeout=300)  # raises on a cell error
-        return cache[name]
+        return cache[name], store.uri
     return run
 
 
@@ -79,15 +157,15 @@ def test_every_notebook_is_covered():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPECTED_FIGURES))
-def test_notebook_executes_against_the_sweep_and_draws_its_figures(store, executed, name, tmp_path):
-    nb = executed(name)
+def test_notebook_executes_against_the_sweep_and_draws_its_figures(executed, name, tmp_path):
+    nb, uri = executed(name)
     assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     # No kernel warning (MLflow, SQLAlchemy, pandas, matplotlib) in any cell: a reader sees them.
     assert run_notebooks.stderr_outputs(nb) == []
     n_figures = run_notebooks.count_figures(nb)
     assert n_figures >= EXPECTED_FIGURES[name]
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert "from sweep " in text and store.uri in text  # it read the store it was given
+    assert "from sweep " in text and uri in text  # it read the store it was given
     html = tmp_path / "report.html"
     run_notebooks.write_html(nb, html)
     body = html.read_text()
@@ -109,7 +187,7 @@ def test_sweep_overview_ranks_by_the_mean_over_seeds_and_shows_the_same_best(sto
     table = summary.rank(runs, summary.swept_keys(runs))
     best = table.iloc[0]
     tied = table[table["tied"]]
-    nb = executed("01-sweep-overview.ipynb")
+    nb, _ = executed("01-sweep-overview.ipynb")
     ranking = _cell_text(nb, "summary.answer(")
     label = summary.config_label(best, table.attrs["keys"])
     # Row 1 is the best configuration with its mean ± std over the seeds and their count.
@@ -143,7 +221,7 @@ def test_sweep_overview_names_the_runs_that_really_diverged(store, executed):
     diverged_runs = [r for r in children if r.info.run_name in diverged]
     assert len(diverged) == n_runs // 2
     assert {float(r.data.params["optim.lr"]) for r in diverged_runs} == {DIVERGING_LR}
-    nb = executed("01-sweep-overview.ipynb")
+    nb, _ = executed("01-sweep-overview.ipynb")
     counts = _cell_text(nb, "value_counts()")
     assert re.search(rf"^diverged\s+{len(diverged)}$", counts, re.M), counts
 
@@ -180,7 +258,7 @@ def test_initialization_study_verdict_is_the_real_deep_store(store, executed):
     assert trains == {"he": True, "xavier": False}  # He et al. 2015, Fig. 3, at depth 30
     assert all(v > 0.68 for v in lowest["xavier"])  # stalled at ln 2, not merely slow
 
-    nb = executed("02-initialization-study.ipynb")
+    nb, _ = executed("02-initialization-study.ipynb")
     verdict = _cell_text(nb, "per_run = runs")
     n = len(DEEP_GRID["seed"])
     for init, ok in trains.items():
@@ -196,42 +274,33 @@ def test_initialization_study_verdict_is_the_real_deep_store(store, executed):
     assert re.search(r"agree with theory within [0-9]%", part1), part1
 
 
-def _run_notebooks(*args):
-    return subprocess.run([sys.executable, "scripts/run_notebooks.py", *map(str, args)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-
-
 @pytest.mark.slow
-def test_make_notebooks_after_the_default_sweep_only_exits_0_and_names_the_missing_sweep(store, tmp_path):
+def test_make_notebooks_after_the_default_sweep_only_exits_0_and_names_the_missing_sweep(default_only):
     """`make sweep && make notebooks`: no deep_init sweep. 02 runs part 1 and says what fills part 2."""
-    db = tmp_path / "mlflow.db"
-    shutil.copy(store.root / "mlflow.db", db)  # artifacts stay where the runs point (absolute paths)
-    with sqlite3.connect(db) as con:  # the store as a user has it before `make sweep SWEEP=deep_init`
-        con.execute("UPDATE experiments SET name = 'backprop-lab/elsewhere' "
-                    "WHERE name = 'backprop-lab/deep_init'")
-    done = _run_notebooks(NOTEBOOKS / "02-initialization-study.ipynb",
-                          NOTEBOOKS / "03-gradient-checking.ipynb",
-                          "--tracking-uri", f"sqlite:///{db}", "--out", tmp_path / "reports")
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = default_only
+    assert done.status == 0, done.stdout + done.stderr
     assert "ok      03-gradient-checking.ipynb" in done.stdout
     assert "partial 02-initialization-study.ipynb" in done.stdout
     assert "experiment 'backprop-lab/deep_init' not found" in done.stdout
     assert "run `make sweep SWEEP=deep_init` first" in done.stdout
     assert "stderr" not in done.stdout and "WARNING" not in done.stderr  # no kernel warning either
-    html = (tmp_path / "reports" / "02-initialization-study.html").read_text()
+    html = (done.reports / "02-initialization-study.html").read_text()
     assert "Not run: this part reads a sweep" in html and "make sweep SWEEP=deep_init" in html
     assert _images(html) == 1  # part 1's figure, drawn without a store
     assert "Part 1" in html and "ratio_per_layer" not in html  # no code by default
 
 
 @pytest.mark.slow
-def test_run_notebooks_names_the_missing_sweep_in_one_line(store, tmp_path):
-    done = _run_notebooks(NOTEBOOKS / "03-gradient-checking.ipynb", "--tracking-uri", store.uri,
-                          "--experiment", "backprop-lab/optimizers", "--out", tmp_path)
-    assert done.returncode == 1  # nothing that reads a sweep ran
-    assert "partial 03-gradient-checking.ipynb" in done.stdout
-    assert "experiment 'backprop-lab/optimizers' not found" in done.stdout
-    assert "run `make sweep SWEEP=optimizers` first" in done.stdout
+def test_run_notebooks_names_the_missing_sweep_in_one_line(empty_store, tmp_path, capsys):
+    """A store without the experiment asked for (no sweep needed); main() in this process: its
+    return is the exit status (test_run_notebooks_without_a_store... runs the command line)."""
+    status = run_notebooks.main([str(NOTEBOOKS / "03-gradient-checking.ipynb"), "--tracking-uri", empty_store,
+                                 "--experiment", "backprop-lab/optimizers", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert status == 1  # nothing that reads a sweep ran
+    assert "partial 03-gradient-checking.ipynb" in out
+    assert "experiment 'backprop-lab/optimizers' not found" in out
+    assert "run `make sweep SWEEP=optimizers` first" in out
     html = (tmp_path / "03-gradient-checking.html").read_text()
     assert "A planted bug, caught" in html and _images(html) == 1
 
@@ -267,7 +336,10 @@ def test_each_notebook_declares_its_default_experiment():
 
 
 def test_run_notebooks_without_a_store_fails_before_any_kernel(tmp_path):
-    done = _run_notebooks("--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}", "--out", tmp_path / "r")
+    """The real command line (the one test of `sys.exit(main())`; the others call main())."""
+    done = subprocess.run([sys.executable, "scripts/run_notebooks.py", "--tracking-uri",
+                           f"sqlite:///{tmp_path / 'none.db'}", "--out", str(tmp_path / "r")],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("run_notebooks: no MLflow store at")
     assert "make sweep" in done.stderr and not (tmp_path / "none.db").exists()

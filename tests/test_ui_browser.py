@@ -1,11 +1,12 @@
 """The MLflow UI as a person sees it: a real sweep, a real `mlflow ui`, headless Chromium.
 
-One module-wide set-up: `scripts/train.py --multirun +sweep=default` (every configuration and
-seed of `make sweep`, 108 children, shrunk to 10 epochs without the gradient check) writes into
-a temporary SQLite store, `scripts/serve.py ui` (what `make ui` runs) serves it on a free
-127.0.0.1 port, and Debian's Chromium browses it. Each test is one step a user takes;
-screenshots of every step go to `<tmp>/ui/shots/` and their paths are printed, so a failing test
-shows where to look. Without Chromium or Playwright the tests are skipped.
+One module-wide set-up: the session's shared store (tests/analysis_store.py) holds, as its newest
+sweep, `scripts/train.py --multirun +sweep=default` (every configuration and seed of `make sweep`,
+108 children, shrunk to 10 epochs without the gradient check) in its own experiment;
+`scripts/serve.py ui` (what `make ui` runs) serves the store on a free 127.0.0.1 port, and
+Debian's Chromium browses it. The UI only reads the store (and writes its shared-view tag). Each
+test is one step a user takes; screenshots of every step go to `<tmp>/ui/shots/` and their paths
+are printed, so a failing test shows where to look. Without Chromium or Playwright the tests are skipped.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
+from analysis_store import UI_EPOCHS, UI_EXPERIMENT, UI_RUNS, tiny_store
 from ui_helpers import (
     Shots,
     browser_missing_reason,
@@ -43,13 +45,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(MISSING is not None, reason=f"browser test skipped: {MISSING}"),
 ]
-EPOCHS = 10
-# `make sweep` as cheap as it gets with every configuration of the default preset and its seeds
-# (3 inits x 3 lr x 4 widths x 3 seeds = 108 children): 10 epochs still log two boundary
-# snapshots (steps 0 and 10, so the image grid's slider moves) and a 10-point curve per run; the
-# gradient check (two per run) is the largest share of a short run and no UI step shows it.
-SWEEP_OVERRIDES = ["+sweep=default", f"train.epochs={EPOCHS}", "gradcheck.enabled=false"]
-N_RUNS = 108
 
 
 @dataclass
@@ -89,25 +84,16 @@ def shots(workdir) -> Shots:
 
 
 @pytest.fixture(scope="module")
-def sweep(workdir) -> Sweep:
-    """Run the project's own multirun into a temp store and read back what it logged."""
-    store_uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    artifact_root = workdir / "mlartifacts"
-    cmd = [
-        sys.executable, "scripts/train.py", "--multirun", *SWEEP_OVERRIDES,
-        f"tracking.uri={store_uri}", f"tracking.artifact_root={artifact_root}",
-        f"hydra.sweep.dir={workdir / 'multirun'}",
-    ]
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, \
-        f"sweep failed ({' '.join(cmd)}):\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+def sweep(request, tmp_path_factory) -> Sweep:
+    """The store's 108-run sweep (analysis_store.UI_OVERRIDES), read back as MLflow holds it."""
+    store = tiny_store(tmp_path_factory, request.session, "ui")
+    store_uri, artifact_root = store.uri, store.root / "art"
 
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(store_uri)
-    experiment = client.get_experiment_by_name("backprop-lab/default")
-    assert experiment is not None, "the sweep did not create experiment backprop-lab/default"
+    experiment = client.get_experiment_by_name(UI_EXPERIMENT)
+    assert experiment is not None, f"the sweep did not create experiment {UI_EXPERIMENT}"
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("bpl.role") == "parent"]
     assert len(parents) == 1, f"expected one parent run, got {[r.info.run_name for r in parents]}"
@@ -117,7 +103,7 @@ def sweep(workdir) -> Sweep:
               Path(unquote(urlparse(r.info.artifact_uri).path)))
         for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
     ]
-    assert len(children) == N_RUNS, f"expected {N_RUNS} children, got {len(children)}"
+    assert len(children) == UI_RUNS, f"expected {UI_RUNS} children, got {len(children)}"
     note = parent.data.tags.get("mlflow.note.content", "")
     return Sweep(store_uri, artifact_root, experiment.experiment_id, parent.info.run_id,
                  parent.info.run_name, note,
@@ -284,7 +270,8 @@ def test_chart_view_plots_every_run_of_the_sweep(page, ui, sweep, shots):
     assert set(curves) == set(by_id), f"train/loss plots runs outside the sweep: {set(curves) - set(by_id)}"
     assert drawn == traces, f"{traces} traces but {drawn} SVG lines drawn"
     for run_id, values in curves.items():  # each curve is that run's own history
-        assert len(values) == EPOCHS and values[-1] == pytest.approx(by_id[run_id].metrics["train/loss"]), \
+        last = by_id[run_id].metrics["train/loss"]
+        assert len(values) == UI_EPOCHS and values[-1] == pytest.approx(last), \
             f"{by_id[run_id].name}: the curve is not its train/loss history"
 
     hidden = max(sweep.children, key=lambda c: c.metrics["final/test_acc"])  # on the list's first screen
