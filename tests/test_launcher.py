@@ -290,6 +290,7 @@ def test_lean_run_job_writes_and_returns_what_hydras_run_job_does(tmp_path):
             context = HydraContext(config_loader=loader, callbacks=Callbacks(base))
             HydraConfig.instance().set_config(base)
             previous = HydraConfig.instance().cfg
+            assert lean_job.covered(loader.load_sweep_config(base, ["seed=1"]))  # the project's jobs
             theirs, their_text, their_files = one(run_job, "hydra")
             ours, our_text, our_files = one(lean_job.run_job, "lean")
             assert our_text == their_text and "  lr: 0.3\n" in ours.return_value[0]
