@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import time
@@ -119,33 +120,31 @@ def test_bad_input_through_the_real_entry_point_exits_2_in_one_line(tmp_path, cl
     assert not (tmp_path / "store").exists() and not (tmp_path / "outputs").exists()
 
 
-@pytest.mark.slow
-def test_unreachable_server_fails_fast_naming_the_uri(tmp_path, cli_env):
+@pytest.mark.parametrize("problem", ["unreachable server", "unwritable store path"])
+def test_an_unusable_store_is_one_line_exit_1_before_hydra(tmp_path, capsys, train_script, problem):
+    """In-process: the entry point's precheck of a single run's store (the real interpreter's
+    exit 1 on a store: test_faults' broken store, test_serve's dead credentialed server)."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    uri = f"http://127.0.0.1:{port}"
+    if problem == "unreachable server":
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        uri = named = f"http://127.0.0.1:{port}"
+        expected = "not reachable"
+    else:
+        blocker = tmp_path / "a_file"
+        blocker.write_text("")
+        uri, named, expected = f"sqlite:///{blocker}/mlflow.db", str(blocker), "writable"
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, TRAIN, f"tracking.uri={uri}", "train.epochs=2"], cwd=tmp_path,
-                          env=cli_env, capture_output=True, text=True, timeout=120)
+    with pytest.raises(SystemExit) as info:
+        train_script.precheck([f"tracking.uri={uri}", f"tracking.artifact_root={tmp_path / 'art'}",
+                               "train.epochs=2"])
     elapsed = time.perf_counter() - t
-    assert proc.returncode == 1
-    assert proc.stderr.count("\n") == 1 and uri in proc.stderr and "not reachable" in proc.stderr
-    # Interpreter start-up (hydra + mlflow imports) included; the check itself takes < 3 s.
-    assert elapsed < 60
-
-
-@pytest.mark.slow
-def test_unwritable_store_path_fails_with_one_line(tmp_path, cli_env):
-    blocker = tmp_path / "a_file"
-    blocker.write_text("")
-    proc = subprocess.run([sys.executable, TRAIN, f"tracking.uri=sqlite:///{blocker}/mlflow.db",
-                           f"tracking.artifact_root={tmp_path / 'art'}"], cwd=tmp_path, env=cli_env,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1
-    assert proc.stderr.count("\n") == 1 and str(blocker) in proc.stderr and "writable" in proc.stderr
+    out, err = capsys.readouterr()
+    assert info.value.code == 1 and out == ""
+    assert err.count("\n") == 1 and named in err and expected in err, err
+    assert elapsed < 30  # the check itself takes < 3 s (test_tracking); no MLflow retries
 
 
 # --------------------------------------------------------------------------- make train / make sweep
@@ -177,6 +176,8 @@ def test_make_sweep_args_with_parentheses_reach_hydra_intact(tmp_path):
     assert proc.returncode == 0, proc.stderr
     listed = [ln for ln in proc.stdout.splitlines() if ln.startswith("[")]
     assert [ln.split()[1:3] for ln in listed] == [["width=2", f"seed={s}"] for s in range(3)]
+    # A dry run on a new store: every job would run, each with its config key; nothing written.
+    assert all(" run  | " in ln for ln in listed) and re.search(r"key [0-9a-f]{12}", listed[0])
     assert list(tmp_path.iterdir()) == []
 
 

@@ -72,15 +72,46 @@ def test_diverged_and_failed_jobs_do_not_stop_the_sweep(tmp_path):
     assert "sweep: 2 job(s) failed:" in result.stderr
 
 
+def _by_key(folder: Path, experiment: str):
+    client = client_for(folder)
+    kids = runs_of(client, experiment, "tags.`bpl.role` = 'child'")
+    return client, {k.data.tags["bpl.config_key"]: k for k in kids}
+
+
+def _assert_bit_identical(ca, ra, cb, rb, where: Path) -> None:
+    """Two runs of one config: the same history.npz bytes, params, final metrics and histories."""
+    for name in ("history.npz", "params.npz"):
+        pa = Path(ca.download_artifacts(ra.info.run_id, name, str(where / "a" / ra.info.run_id)))
+        pb = Path(cb.download_artifacts(rb.info.run_id, name, str(where / "b" / rb.info.run_id)))
+        if name == "history.npz":  # written with fixed member dates: same history, same bytes
+            assert pa.read_bytes() == pb.read_bytes()
+        with np.load(pa) as xa, np.load(pb) as xb:
+            assert xa.files == xb.files and all(np.array_equal(xa[k], xb[k]) for k in xa.files)
+    finals = [{k: v for k, v in r.data.metrics.items() if not k.startswith("time/")} for r in (ra, rb)]
+    assert finals[0] == finals[1] and finals[0]
+    for metric in ("train/loss", "test/acc", "grad_norm/W1"):
+        ha = [(m.step, m.value) for m in ca.get_metric_history(ra.info.run_id, metric)]
+        hb = [(m.step, m.value) for m in cb.get_metric_history(rb.info.run_id, metric)]
+        assert sorted(ha) == sorted(hb) and len(ha) == EPOCHS
+
+
+EPOCHS = 10
+GRID = ["+sweep=default", "init=he", "seed=0", "optim.lr=0.1,1.0", f"train.epochs={EPOCHS}"]
+
+
 @pytest.mark.parametrize("n_jobs", [4])  # twice the cores: more writers at once than 2 would be
-def test_parallel_workers_on_a_fresh_store(tmp_path, n_jobs):
-    """Repeated on a fresh store: every run in the right experiment under the one parent."""
+def test_parallel_workers_on_a_fresh_store_bit_identical_to_one_process_and_reproduce_matches(
+        tmp_path, capsys, n_jobs):
+    """joblib's workers on a fresh store (repeated: BPL_PARALLEL_REPEATS): every run in the right
+    experiment under the one parent. Then the same configs with the real command line in one
+    process (n_jobs=1) and on the project's forked workers (n_jobs=2: job 0 in the driver, job 1
+    in a worker): the same histories, weights and final metrics whatever the launcher (issue 14);
+    reproduce.py re-runs one and matches."""
     widths = ",".join(str(w) for w in range(2, 2 + n_jobs))
     for attempt in range(REPEATS):
         folder = tmp_path / f"attempt{attempt}"
         folder.mkdir()
-        result = run_sweep(folder, "+sweep=default", "init=he", "seed=0", "optim.lr=0.1,1.0",
-                           f"model.width={widths}", "train.epochs=10",
+        result = run_sweep(folder, *GRID, f"model.width={widths}",
                            "hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}")
         assert result.returncode == 0, result.stderr[-3000:]
         assert "Traceback" not in result.stderr and "OperationalError" not in result.stderr
@@ -94,6 +125,25 @@ def test_parallel_workers_on_a_fresh_store(tmp_path, n_jobs):
         assert len(everything) == 1 + 2 * n_jobs and len(kids) == 2 * n_jobs
         assert len({k.data.tags["bpl.config_key"] for k in kids}) == 2 * n_jobs
         assert {k.info.status for k in kids} == {"FINISHED"} and parent.info.status == "FINISHED"
+
+    # Two of joblib's configs (width 2, both rates) again, with the project's launcher.
+    cj, joblib = _by_key(tmp_path / "attempt0", "backprop-lab/default")
+    for name, extra in {"one": "hydra.launcher.n_jobs=1", "forked": "hydra.launcher.n_jobs=2"}.items():
+        (tmp_path / name).mkdir()
+        done = run_sweep(tmp_path / name, *GRID, "model.width=2", extra)
+        assert done.returncode == 0, done.stderr[-2000:]
+    ca, one = _by_key(tmp_path / "one", "backprop-lab/default")
+    assert len(one) == 2 and set(one) <= set(joblib)
+    for other in ("forked", "joblib"):
+        cb, b = (cj, joblib) if other == "joblib" else _by_key(tmp_path / other, "backprop-lab/default")
+        for key in one:
+            _assert_bit_identical(ca, one[key], cb, b[key], tmp_path / other)
+
+    # reproduce.py's main() in-process (its own interpreter: test_reproduce_unknown_run...).
+    run_id = joblib[next(iter(one))].info.run_id
+    uri = f"sqlite:///{tmp_path / 'attempt0' / 'mlflow.db'}"
+    assert _reproduce_module().main([run_id, "--tracking-uri", uri]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"MATCH: run {run_id}")
 
 
 def test_resume_after_sigkill_skips_finished_kills_running_and_force_reruns(tmp_path):
@@ -171,52 +221,6 @@ def _child_states(db: Path) -> list[str]:
     return [r[0] for r in rows]
 
 
-def test_same_config_is_bit_identical_across_launchers_and_reproduce_matches(tmp_path):
-    """The real command line with one process (n_jobs=1), the project's forked workers (n_jobs=2:
-    job 0 in the driver, job 1 in a worker) and joblib's: the same histories, weights and final
-    metrics; reproduce.py re-runs one and matches."""
-    args = ["optim=adam", "optim.lr=0.01,0.05", "model.width=5", "data=moons", "train.epochs=40"]
-    launchers = {"one": ["hydra.launcher.n_jobs=1"], "forked": ["hydra.launcher.n_jobs=2"],
-                 "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
-    for name, extra in launchers.items():
-        (tmp_path / name).mkdir()
-        done = run_sweep(tmp_path / name, *args, *extra)
-        assert done.returncode == 0, done.stderr[-2000:]
-
-    def by_key(folder):
-        client = client_for(folder)
-        kids = runs_of(client, "backprop-lab/train", "tags.`bpl.role` = 'child'")
-        return client, {k.data.tags["bpl.config_key"]: k for k in kids}
-
-    ca, a = by_key(tmp_path / "one")
-    assert len(a) == 2
-    for other in ("forked", "joblib"):
-        cb, b = by_key(tmp_path / other)
-        assert set(a) == set(b)
-        for key in a:
-            ra, rb = a[key], b[key]
-            for name in ("history.npz", "params.npz"):
-                pa = Path(ca.download_artifacts(ra.info.run_id, name, str(tmp_path / "a" / key)))
-                pb = Path(cb.download_artifacts(rb.info.run_id, name, str(tmp_path / other / key)))
-                if name == "history.npz":  # written with fixed member dates: same history, same bytes
-                    assert pa.read_bytes() == pb.read_bytes()
-                with np.load(pa) as xa, np.load(pb) as xb:
-                    assert xa.files == xb.files and all(np.array_equal(xa[k], xb[k]) for k in xa.files)
-            finals = [{k: v for k, v in r.data.metrics.items() if not k.startswith("time/")}
-                      for r in (ra, rb)]
-            assert finals[0] == finals[1] and finals[0]
-            for metric in ("train/loss", "test/acc", "grad_norm/W1"):
-                ha = [(m.step, m.value) for m in ca.get_metric_history(ra.info.run_id, metric)]
-                hb = [(m.step, m.value) for m in cb.get_metric_history(rb.info.run_id, metric)]
-                assert sorted(ha) == sorted(hb) and len(ha) == 40
-
-    joblib = tmp_path / "joblib"
-    run_id = next(iter(b.values())).info.run_id
-    repro = _reproduce(joblib, run_id)
-    assert repro.returncode == 0, repro.stderr
-    assert repro.stdout.strip().splitlines()[-1].startswith(f"MATCH: run {run_id}")
-
-
 def test_reproduce_unknown_run_one_line_nonzero_store_untouched(tmp_path, capsys, tiny_sweep):
     # An existing store with real runs (the session's tiny sweep), so the unknown id is the only problem.
     assert tiny_sweep.returncode == 0, tiny_sweep.stderr[-2000:]
@@ -229,10 +233,8 @@ def test_reproduce_unknown_run_one_line_nonzero_store_untouched(tmp_path, capsys
     assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
 
     # A store that does not exist: the same main(), in-process (the exit code is its return value).
-    spec = importlib.util.spec_from_file_location("bpl_reproduce", REPO / "scripts" / "reproduce.py")
-    reproduce = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(reproduce)
-    assert reproduce.main(["abc", "--tracking-uri", f"sqlite:///{tmp_path / 'nowhere' / 'mlflow.db'}"]) == 2
+    nowhere = f"sqlite:///{tmp_path / 'nowhere' / 'mlflow.db'}"
+    assert _reproduce_module().main(["abc", "--tracking-uri", nowhere]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err, err
     assert not (tmp_path / "nowhere").exists()
@@ -242,3 +244,10 @@ def _reproduce(folder: Path, run_id: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(REPO / "scripts" / "reproduce.py"), run_id,
            "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}"]
     return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def _reproduce_module():
+    spec = importlib.util.spec_from_file_location("bpl_reproduce", REPO / "scripts" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -22,6 +22,7 @@ from backprop_lab.core.mlp import MLP
 from backprop_lab.core.optim import make_optimizer
 from backprop_lab.core.rng import make_rng
 from backprop_lab.core.train import train
+from test_sweep import sweep_in_process
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = str(REPO / "conf")
@@ -197,9 +198,10 @@ def test_sigkill_mid_search_then_the_same_command_finishes_with_no_duplicate_run
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
-    resumed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "1 trial(s) left RUNNING by a killed search re-asked" in resumed.stdout
+    # The same command again: its main() in-process (the killed one was the real entry point).
+    code, text = _search(store)
+    assert code == 0, text
+    assert "1 trial(s) left RUNNING by a killed search re-asked" in text
     parents, children = _children(store)
     assert len(parents) == 1  # the same parent, resumed
     assert all(c.info.status == "FINISHED" for c in children)
@@ -257,13 +259,12 @@ def test_notebook_04_says_what_is_missing_then_compares_search_and_grid(searched
     assert "No grid" in text and "`make sweep`" in text and f"{TRIALS} trials" in text
     assert run_notebooks.count_figures(nb) == 1  # the search's curve alone
     # a tiny grid in the same store (2 widths x 2 seeds at one lr and init), then both are compared
-    grid = subprocess.run(
-        [sys.executable, "scripts/train.py", "--multirun", "+sweep=default", "init=he", "optim.lr=1.0",
-         "model.width=2,8", "seed=0,1", "train.epochs=60", "data.n_samples=120",
-         f"tracking.uri=sqlite:///{store / 'mlflow.db'}", f"tracking.artifact_root={store / 'art'}",
-         f"hydra.sweep.dir={store.parent / 'multirun'}"], cwd=REPO, capture_output=True, text=True,
-        timeout=600)
-    assert grid.returncode == 0, grid.stderr[-2000:]
+    # (scripts/train.py's multirun in this process, one job at a time)
+    outcome = sweep_in_process(
+        "+sweep=default", "init=he", "optim.lr=1.0", "model.width=2,8", "seed=0,1", "train.epochs=60",
+        "data.n_samples=120", "hydra.launcher.n_jobs=1", f"tracking.uri=sqlite:///{store / 'mlflow.db'}",
+        f"tracking.artifact_root={store / 'art'}", f"hydra.sweep.dir={store.parent / 'multirun'}")
+    assert [r.status for r in outcome] == ["finished"] * 4, outcome
     nb = run_notebooks.execute(path, env, timeout=300)
     text = _notebook_text(nb)
     assert "grid: 4 runs, 2 configurations" in text

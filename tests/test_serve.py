@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from backprop_lab import QUIET_ENV
 from backprop_lab.env import free_port
 from backprop_lab.serve.server import ServeError, _group_alive, start_mlflow
 
 REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, **QUIET_ENV}
+ENV.pop("MLFLOW_TRACKING_URI", None)
 
 
 def api(url: str, endpoint: str, payload: dict | None = None) -> dict:
@@ -116,7 +119,10 @@ def test_cli_error_is_one_line_and_exit_code_nonzero(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_server_prints_url_and_sigterm_stops_the_whole_group(tmp_path):
+def test_cli_server_prints_url_trains_with_credentials_and_sigterm_stops_the_whole_group(tmp_path):
+    """`make server` as a user starts it; a real run logs into it through a URI with a user and
+    password (issue 13: it works, and the password is printed and logged nowhere); SIGTERM stops
+    every process of the server; then the same URI, dead, ends a run in one line, still redacted."""
     port = free_port()
     env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1"}  # the Makefile's variables
     proc = subprocess.Popen(
@@ -141,6 +147,7 @@ def test_cli_server_prints_url_and_sigterm_stops_the_whole_group(tmp_path):
         exp_id = api(url, "experiments/create", {"name": "proxied"})["experiment_id"]
         loc = api(url, f"experiments/get?experiment_id={exp_id}")["experiment"]["artifact_location"]
         assert loc.startswith("mlflow-artifacts:")
+        _train_with_credentials(tmp_path, port)
         mlflow_pids = pids_with_args("--port", str(port))
         assert mlflow_pids, "mlflow should be running"
         proc.send_signal(signal.SIGTERM)
@@ -149,6 +156,17 @@ def test_cli_server_prints_url_and_sigterm_stops_the_whole_group(tmp_path):
         assert "stopping mlflow" in out
         time.sleep(0.5)
         assert pids_with_args("--port", str(port)) == [], "mlflow processes left behind"
+        # The server is gone: the same credentialed URI ends a run in one redacted line.
+        uri = f"http://alice:s3cret@127.0.0.1:{port}"
+        t = time.monotonic()
+        dead = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "train.epochs=3"],
+                              cwd=tmp_path, env={**ENV, "MLFLOW_TRACKING_URI": uri},
+                              capture_output=True, text=True, timeout=120)
+        assert dead.returncode == 1 and dead.stderr.strip().count("\n") == 0, dead.stderr[-2000:]
+        assert "s3cret" not in dead.stdout + dead.stderr and "not reachable" in dead.stderr
+        assert f"http://***@127.0.0.1:{port}" in dead.stderr
+        # Interpreter start-up (hydra + mlflow imports) included; the check itself takes < 3 s.
+        assert time.monotonic() - t < 60
     finally:  # on a failed assertion: the clean path first, then by PID whatever is left
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -158,3 +176,24 @@ def test_cli_server_prints_url_and_sigterm_stops_the_whole_group(tmp_path):
                 os.killpg(proc.pid, signal.SIGKILL)
         for pid in pids_with_args("--port", str(port)):
             os.kill(pid, signal.SIGKILL)
+
+
+def _train_with_credentials(tmp_path: Path, port: int) -> None:
+    """A real single run into the server at `port` through http://alice:s3cret@...: the health
+    check reaches 127.0.0.1:<port> (credentials in a header), the run finishes, and neither its
+    output, its params nor its logged config hold the password."""
+    from backprop_lab.tracking import client as tracking
+
+    uri = f"http://alice:s3cret@127.0.0.1:{port}"
+    tracking.check_server(uri)
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "train.epochs=3",
+                           "experiment_name=creds"], cwd=tmp_path, env={**ENV, "MLFLOW_TRACKING_URI": uri},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "s3cret" not in proc.stdout + proc.stderr
+    client = tracking.MlflowClient(f"http://127.0.0.1:{port}")
+    (run,) = client.search_runs([client.get_experiment_by_name("creds").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["tracking.uri"] == f"http://***@127.0.0.1:{port}"
+    config = Path(client.download_artifacts(run.info.run_id, "config/config.yaml", str(tmp_path)))
+    assert "s3cret" not in config.read_text()

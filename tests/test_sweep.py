@@ -272,38 +272,47 @@ def test_tiny_sweep_terminal_one_line_per_run_then_a_compact_summary(tiny_sweep)
     assert any(ln.startswith("Best: ") for ln in summary)
 
 
+def sweep_in_process(*args: str) -> list:
+    """`scripts/train.py --multirun <args>` in this process: Hydra's multirun with the project's
+    sweeper and launcher and the entry point's own task function (`main` undecorated); returns
+    the sweeper's RunSummary per job. For sweeps whose jobs need no worker of their own (a dry
+    run, a rerun that skips everything, n_jobs=1); the real command line has its own tests."""
+    import importlib.util
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    spec = importlib.util.spec_from_file_location("bpl_train_script", REPO / "scripts" / "train.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    overrides = [a for a in args if a != "--multirun"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return GlobalHydra.instance().hydra.multirun("config", script.main.__wrapped__, overrides)
+
+
 @pytest.mark.slow
-def test_rerun_that_skips_everything_says_so_in_one_line_and_dry_run_writes_nothing(tiny_sweep):
+def test_rerun_that_skips_everything_says_so_in_one_line_and_dry_run_writes_nothing(tiny_sweep, capfd):
+    """In-process (the command line's resume: test_reliability's SIGKILL test; its dry run:
+    test_cli's `make sweep DRY=1`)."""
     db = tiny_sweep.root / "mlflow.db"
     digest = hashlib.sha256(db.read_bytes()).hexdigest()
-    dry = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), *tiny_sweep.args,
-                          "hydra.sweeper.dry_run=true"], cwd=tiny_sweep.root, env=ENV,
-                         capture_output=True, text=True, timeout=300)
-    assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.count("skip (FINISHED as run ") == 8
-    assert dry.stdout.splitlines()[-1] == ("sweep default (dry run): 8 jobs, 8 would be skipped, "
-                                           "0 would run; nothing was written")
+    capfd.readouterr()
+    sweep_in_process(*tiny_sweep.args, "hydra.sweeper.dry_run=true")
+    out, err = capfd.readouterr()
+    assert err == "", err
+    assert out.count("skip (FINISHED as run ") == 8
+    assert out.splitlines()[-1] == ("sweep default (dry run): 8 jobs, 8 would be skipped, "
+                                    "0 would run; nothing was written")
     assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
 
-    again = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), *tiny_sweep.args],
-                           cwd=tiny_sweep.root, env=ENV, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and again.stderr == ""
-    [line] = again.stdout.splitlines()
+    assert [s.status for s in sweep_in_process(*tiny_sweep.args)] == ["skipped"] * 8
+    out, err = capfd.readouterr()
+    assert err == ""
+    [line] = out.splitlines()
     assert line.startswith("sweep default: all 8 jobs already finished (parent run ")
     assert len(tiny_sweep.runs()) == 9
 
 
 # --------------------------------------------------------------------------- real command lines
-
-
-@pytest.mark.slow
-def test_dry_run_on_a_new_store_lists_jobs_and_creates_nothing(tmp_path):
-    result = run_sweep(tmp_path, "+sweep=seeds", "seed=range(0,3)", "hydra.sweeper.dry_run=true")
-    assert result.returncode == 0, result.stderr
-    listed = [ln for ln in result.stdout.splitlines() if ln.startswith("[")]
-    assert len(listed) == 9 and all(" run  | " in ln for ln in listed)
-    assert re.search(r"key [0-9a-f]{12}", listed[0]) and "seed=2" in listed[-1]
-    assert list(tmp_path.iterdir()) == [], "a dry run wrote files"
 
 
 @pytest.mark.slow
