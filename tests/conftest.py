@@ -69,7 +69,14 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "distributed" in item.keywords:
                 item.add_marker(skip)
-    return (yield)
+    result = yield
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Longest first: xdist hands out the groups (most tests first) and then the single tests
+        # in this order; a slow test left for last keeps one worker busy while the other idles.
+        # Every worker sorts alike (a stable sort of the same collection); without xdist the
+        # file order stays (module fixtures are built once per module).
+        items.sort(key=lambda item: "slow" not in item.keywords)
+    return result
 
 
 def pytest_unconfigure(config):

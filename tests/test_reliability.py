@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_sweep import ENV, REPO, client_for, run_sweep, runs_of, store_args
+from test_sweep import ENV, REPO, client_for, run_sweep, runs_of, store_args, sweep_in_process
 
 pytestmark = pytest.mark.slow
 HUGE = "1000000000000"
@@ -146,7 +146,7 @@ def test_parallel_workers_on_a_fresh_store_bit_identical_to_one_process_and_repr
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"MATCH: run {run_id}")
 
 
-def test_resume_after_sigkill_skips_finished_kills_running_and_force_reruns(tmp_path):
+def test_resume_after_sigkill_skips_finished_kills_running_and_force_reruns(tmp_path, capfd):
     # 500 epochs: a run lasts ~1 s of CPU, long enough to be caught RUNNING by the 0.1 s poll.
     args = ["+sweep=default", "init=he", "seed=0", "optim.lr=0.05,0.1,0.2", "model.width=16,24",
             "train.epochs=500"]
@@ -192,10 +192,13 @@ def test_resume_after_sigkill_skips_finished_kills_running_and_force_reruns(tmp_
     assert len(finished) == 6 and len({c.data.tags["bpl.config_key"] for c in finished}) == 6
     assert {c.info.run_id for c in before if c.info.status == "FINISHED"} <= {c.info.run_id for c in finished}
 
-    forced = run_sweep(tmp_path, *args, "force=true")
-    assert forced.returncode == 0, forced.stderr[-2000:]
-    assert "6 jobs, 0 already finished -> will be skipped (force=true: none); new parent" in forced.stdout
-    assert "6 finished, 0 diverged, 0 failed, 0 skipped" in forced.stdout
+    # force=true, in-process (one job at a time): the same sweeper, no new interpreter.
+    capfd.readouterr()
+    summaries = sweep_in_process(*args, *store_args(tmp_path), "force=true", "hydra.launcher.n_jobs=1")
+    assert [s.status for s in summaries] == ["finished"] * 6
+    forced = capfd.readouterr().out
+    assert "6 jobs, 0 already finished -> will be skipped (force=true: none); new parent" in forced
+    assert "6 finished, 0 diverged, 0 failed, 0 skipped" in forced
     parents = runs_of(client, "backprop-lab/default", "tags.`bpl.role` = 'parent'")
     assert len(parents) == 2
     new = next(p for p in parents if p.info.run_id != parent.info.run_id)

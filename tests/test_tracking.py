@@ -1,5 +1,6 @@
 """Store preparation, experiments, run lookup and batched logging against a real SQLite store."""
 
+import os
 import socket
 import time
 
@@ -506,38 +507,41 @@ def test_direct_image_files_fall_back_to_log_image_with_one_warning(store, tmp_p
     assert err.count("backprop-lab warning") == 1 and "log_image" in err
 
 
-HOLDER = r"""
-import os, sys
-from backprop_lab.tracking import store
-uri = sys.argv[1]
-client = store.prepare_store(uri, sys.argv[2])
-client.create_experiment("held")      # MLflow's pooled connection stays open: this process holds the store
-store.check_store_quickly(uri)        # what every job of a sweep calls before it logs
-print("ready", flush=True)
-sys.stdin.readline()
-print(os.path.exists(uri.removeprefix("sqlite:///") + "-wal"), flush=True)
-"""
+def _hold_store(uri: str, art: str, conn) -> None:
+    """A forked worker of a sweep: it holds the store open while it runs its next job's quick check."""
+    from backprop_lab.tracking import store
+
+    client = store.prepare_store(uri, art)
+    client.create_experiment("held")  # MLflow's pooled connection stays open: this process holds the store
+    store.check_store_quickly(uri)  # what every job of a sweep calls before it logs
+    conn.send("ready")
+    conn.recv()
+    conn.send(os.path.exists(uri.removeprefix("sqlite:///") + "-wal"))
 
 
 def test_quick_check_of_a_store_open_here_keeps_its_sqlite_locks(tmp_path):
     """A worker that holds the store open and runs the quick check of its next job must keep its
     POSIX locks: else another process closing a connection takes itself for the last one and
-    deletes the WAL the worker still writes to (a 1,000-job sweep on 2 workers kept 11 runs)."""
-    import os
+    deletes the WAL the worker still writes to (a 1,000-job sweep on 2 workers kept 11 runs).
+    The holder is forked from this process, as the launcher forks its workers (no new interpreter)."""
+    import multiprocessing as mp
     import sqlite3
-    import subprocess
-    import sys
 
     db = tmp_path / "mlflow.db"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, f"sqlite:///{db}", str(tmp_path / "art")],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "MLFLOW_TRACKING_URI": ""})
+    ctx = mp.get_context("fork")
+    here, there = ctx.Pipe()
+    holder = ctx.Process(target=_hold_store, args=(f"sqlite:///{db}", str(tmp_path / "art"), there))
+    holder.start()
     try:
-        assert holder.stdout.readline().strip() == "ready"
+        assert here.poll(120) and here.recv() == "ready"
         with sqlite3.connect(db) as other:  # another process (a worker, the UI) opens and closes it
             assert other.execute("SELECT count(*) FROM experiments").fetchone()[0] == 2
         other.close()
-        out, _ = holder.communicate("go\n", timeout=60)
+        here.send("go")
+        assert here.poll(60)
+        wal_kept = here.recv()
     finally:
-        holder.kill()
-    assert out.strip() == "True", "the WAL in use was deleted by another process's close"
+        holder.join(timeout=60)
+        if holder.is_alive():
+            holder.kill()
+    assert wal_kept is True, "the WAL in use was deleted by another process's close"
