@@ -20,6 +20,7 @@ import pytest
 from mlflow import MlflowClient
 
 import run_notebooks  # scripts/: on pytest's pythonpath (pyproject.toml)
+import strip_notebooks
 from analysis_store import DEEP_DEPTH, DEEP_GRID, DEFAULT_GRID, DIVERGING_LR, tiny_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -359,7 +360,7 @@ def test_committed_notebooks_are_stored_without_outputs():
         assert len(tagged) == 1 and "BPL_TRACKING_URI" in tagged[0].source, path.name
 
 
-def test_strip_check_flags_outputs_and_strip_removes_them(tmp_path):
+def test_strip_check_flags_outputs_and_strip_removes_them(tmp_path, capsys):
     path = tmp_path / "dirty.ipynb"
     shutil.copy(NOTEBOOKS / "03-gradient-checking.ipynb", path)
     nb = nbformat.read(path, as_version=4)
@@ -369,14 +370,15 @@ def test_strip_check_flags_outputs_and_strip_removes_them(tmp_path):
     code.execution_count = 3
     nbformat.write(nb, path)
 
-    check = _strip("--check", path)
-    assert check.returncode == 1 and f"{path}: 1 cell(s) stored with outputs" in check.stdout
+    # main() in this process (the test above runs the command line `make lint` runs)
+    assert strip_notebooks.main(["--check", str(path)]) == 1
+    assert f"{path}: 1 cell(s) stored with outputs" in capsys.readouterr().out
     assert json.loads(path.read_text())["cells"][1]["outputs"]  # --check leaves the file alone
 
-    assert _strip(path).returncode == 0
+    assert strip_notebooks.main([str(path)]) == 0
     stripped = nbformat.read(path, as_version=4)
     assert all(not c.get("outputs") and c.get("execution_count") is None
                for c in stripped.cells if c.cell_type == "code")
     assert [c.source for c in stripped.cells] == sources
     assert "parameters" in stripped.cells[1].metadata["tags"]
-    assert _strip("--check", path).returncode == 0
+    assert strip_notebooks.main(["--check", str(path)]) == 0
