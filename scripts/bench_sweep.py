@@ -94,10 +94,8 @@ def floor(configs) -> tuple[float, float]:
     return clock.wall, clock.cpu
 
 
-# Exits as the entry points do (backprop_lab.env.skip_final_gc): the start-up share, not a teardown.
 IMPORTS = ("import hydra, mlflow, numpy, matplotlib, matplotlib.pyplot, sqlalchemy, pydantic; "
-           "import backprop_lab.tracking.run, backprop_lab.tracking.record, backprop_lab.figures.render; "
-           "backprop_lab.env.skip_final_gc()")
+           "import backprop_lab.tracking.run, backprop_lab.tracking.record, backprop_lab.figures.render")
 
 
 def imports() -> tuple[float, float]:

@@ -23,7 +23,6 @@ import numpy as np
 import yaml
 
 from backprop_lab.config.schema import ConfigError, redact, validate
-from backprop_lab.env import skip_final_gc
 from backprop_lab.tracking import store
 from backprop_lab.tracking.sqlite_file import check_sqlite_store
 
@@ -227,5 +226,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    skip_final_gc()
     sys.exit(main())

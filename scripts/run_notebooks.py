@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 from backprop_lab import QUIET_ENV  # (and its import turned telemetry off here)
-from backprop_lab.env import skip_final_gc
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -216,5 +215,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    skip_final_gc()
     sys.exit(main())

@@ -6,9 +6,7 @@
 import sys
 from pathlib import Path
 
-from backprop_lab.env import skip_final_gc
 from backprop_lab.search.owner import main
 
 if __name__ == "__main__":
-    skip_final_gc()
     sys.exit(main(sys.argv[1:], str(Path(__file__).resolve().parent.parent / "conf")))

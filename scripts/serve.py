@@ -16,7 +16,6 @@ import signal
 import sys
 import time
 
-from backprop_lab.env import skip_final_gc
 from backprop_lab.serve.server import (
     DEFAULT_PORTS,
     MODES,
@@ -117,5 +116,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    skip_final_gc()
     sys.exit(main())

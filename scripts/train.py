@@ -16,7 +16,6 @@ from hydra.core.hydra_config import HydraConfig
 # At start-up: importing backprop_lab turns telemetry off (backprop_lab/__init__.py) before
 # Hydra's plugin scan imports the launchers (Ray) or a job imports mlflow.
 from backprop_lab.config.overrides import ConfigError, check_overrides
-from backprop_lab.env import skip_final_gc
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -101,7 +100,6 @@ def check_single_run(config_dir: str, overrides: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    skip_final_gc()
     sys.argv += shlex.split(os.environ.pop("BPL_ARGS", ""))
     precheck(sys.argv[1:])
     main()

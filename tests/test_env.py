@@ -72,31 +72,3 @@ def test_free_port_can_be_bound():
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))  # raises if it was taken
     assert 0 < port < 65536
-
-
-def test_skip_final_gc_freezes_the_heap_at_exit_and_the_exit_still_flushes(tmp_path):
-    """The freeze happens at exit (after the command's work), other atexit handlers still run
-    and a buffered file closed at exit is complete."""
-    out = tmp_path / "written.txt"
-    code = ("import atexit, gc, sys\n"
-            "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 0))\n"
-            "from backprop_lab.env import skip_final_gc\n"
-            "skip_final_gc()\n"
-            "print('frozen while working:', gc.get_freeze_count() > 0)\n"
-            "f = open(sys.argv[1], 'w'); f.write('x' * 100000)\n"  # closed only at exit
-            "atexit.register(lambda: print('a later handler ran'))\n")
-    done = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["frozen while working: False", "a later handler ran",
-                                        "frozen at exit: True"]
-    assert out.read_text() == "x" * 100000
-
-
-def test_every_entry_point_exits_without_the_final_gc():
-    import ast
-
-    for name in ("train", "search", "reproduce", "serve", "run_notebooks"):
-        tree = ast.parse((REPO / "scripts" / f"{name}.py").read_text())
-        [block] = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
-        assert ast.unparse(block.body[0]) == "skip_final_gc()", name

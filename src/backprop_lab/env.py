@@ -6,13 +6,10 @@
 - `repo_root()`: the checkout holding this package, where the default store lives.
 - `check_writable_dir(folder)`: create a folder and prove a file can be written in it.
 - `free_port(host)`: a TCP port free right now (servers, clusters and tests pick theirs).
-- `skip_final_gc()`: a command's exit without the interpreter's last full garbage collections.
 """
 
 from __future__ import annotations
 
-import atexit
-import gc
 import os
 import socket
 from pathlib import Path
@@ -68,18 +65,3 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def skip_final_gc() -> None:
-    """Let this command exit without Python's final garbage collections (entry points call it).
-
-    With MLflow, pandas and matplotlib loaded, the collections Python runs while it finalises
-    walk about a million objects: ~1 s of every command's exit here (`python -c "import mlflow,
-    matplotlib.pyplot, pandas"`: 4.4-4.8 s, 3.2-3.4 s with this; docs/speed.md). At exit
-    `gc.freeze()` moves every object to the permanent generation those collections skip; the
-    OS frees the memory. Nothing else changes: atexit handlers (logging's flush, MLflow's) still
-    run, files and connections are still closed by their owners and by reference counting; only
-    objects kept alive by a reference cycle until the very end are not finalised, as Python
-    never guaranteed for them at exit either.
-    """
-    atexit.register(gc.freeze)
