@@ -70,6 +70,18 @@ def _live_params(store: Path) -> list[dict]:
     return [(t.params, t.state.name) for t in live(study.get_trials())]
 
 
+def _running_trial_and_run(store: Path) -> bool:
+    """A trial RUNNING in the Optuna storage and, beside the parent, a run RUNNING in MLflow."""
+    try:
+        with sqlite3.connect(f"file:{store / 'optuna.db'}?mode=ro", uri=True, timeout=0.1) as con:
+            trials = con.execute("select count(*) from trials where state='RUNNING'").fetchone()[0]
+        with sqlite3.connect(f"file:{store / 'mlflow.db'}?mode=ro", uri=True, timeout=0.1) as con:
+            runs = con.execute("select count(*) from runs where status='RUNNING'").fetchone()[0]
+    except sqlite3.OperationalError:  # a store not created yet, or locked by a write in flight
+        return False
+    return trials == 1 and runs >= 2
+
+
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     store = tmp_path_factory.mktemp("search") / "store"
@@ -183,20 +195,24 @@ def test_sigkill_mid_search_then_the_same_command_finishes_with_no_duplicate_run
     cmd = [sys.executable, "scripts/search.py", *_args(store)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
-        for line in proc.stdout:  # wait for two trials, then for the third's first run to start
+        for line in proc.stdout:  # wait for two trials to end
             if line.startswith("[2/"):
                 break
-        db = store / "mlflow.db"
+        # Freeze the search (SIGSTOP), look at both stores, and kill it only while a trial is
+        # RUNNING in the study and one of its seeds' runs in MLflow; else let it go on and look
+        # again. A kill timed by a sleep raced with short (pruned) trials on a busy machine.
         deadline = time.time() + 60
         while time.time() < deadline:
-            with sqlite3.connect(db) as con:  # the parent and a trial's run
-                running = con.execute("select count(*) from runs where status='RUNNING'").fetchone()[0]
-            if running >= 2:
+            os.kill(proc.pid, signal.SIGSTOP)
+            if _running_trial_and_run(store):
+                os.kill(proc.pid, signal.SIGKILL)
                 break
-            time.sleep(0.05)
-        time.sleep(0.3)
-        os.kill(proc.pid, signal.SIGKILL)
+            os.kill(proc.pid, signal.SIGCONT)
+            time.sleep(0.02)
+        else:
+            pytest.fail("no trial was seen running within 60 s")
     finally:
+        proc.kill()
         proc.wait(timeout=30)
     # The same command again: its main() in-process (the killed one was the real entry point).
     code, text = _search(store)

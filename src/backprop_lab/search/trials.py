@@ -165,7 +165,10 @@ def run_trial(plan: Plan, study: Any, trial: Any, out) -> str | None:
 
 
 def _earlier_runs(plan: Plan, numbers: list[int]) -> dict[int, Any]:
-    """seed -> the run a trial this one repeats made for it (found by its bpl.trial tag)."""
+    """seed -> the run a trial this one repeats made for it (found by its bpl.trial tag).
+
+    A run killed before its end has no params yet (they are written with its last batch): it holds
+    nothing to reuse and is deleted here, so the seed's new run replaces it."""
     from backprop_lab.tracking import client as tracking
 
     client = tracking.prepare_store(plan.tracking_uri, plan.artifact_root)
@@ -173,7 +176,10 @@ def _earlier_runs(plan: Plan, numbers: list[int]) -> dict[int, Any]:
     for number in numbers:
         flt = f"tags.`mlflow.parentRunId` = '{plan.parent_id}' and tags.`{TRIAL_TAG}` = '{number}'"
         for r in client.search_runs([plan.experiment_id], filter_string=flt, max_results=1000):
-            found[int(r.data.params["seed"])] = r
+            if "seed" in r.data.params:
+                found[int(r.data.params["seed"])] = r
+            else:
+                client.delete_run(r.info.run_id)
     return found
 
 
