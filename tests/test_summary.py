@@ -127,6 +127,15 @@ def test_missing_column_is_one_line_naming_it():
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(("value", "shown"), [
+    (0.01, "0.01"), (np.float64(0.5), "0.5"), (16, "16"), (np.int64(24), "24"), ("he", "he"),
+    (999999.0, "999999.0"), (1e10, "1e+10"), (np.float64(1.5e7), "1.5e+07"), (-2e6, "-2e+06"),
+    (float("inf"), "inf"), (float("nan"), "n/a"), (None, "n/a")])
+def test_values_are_shown_as_typed_large_floats_in_powers_of_ten(value, shown):
+    assert summary.format_value(value) == shown
+    assert summary.config_label({"lr": value}, ["lr"]) == f"lr={shown}"
+
+
 def test_keys_take_short_names_and_drop_seed():
     keys = summary.config_keys(["model.width", "+seed", "optim.lr", "init", "optim"])
     assert keys == ["lr", "width", "init", "opt"]

@@ -92,11 +92,15 @@ def swept_keys(runs: pd.DataFrame) -> list[str]:
 
 
 def format_value(value) -> str:
-    """A key's value as a run name shows it: 0.01 -> '0.01', 16 -> '16', NaN -> 'n/a'."""
+    """A key's value as a run name shows it: 0.01 -> '0.01', 16 -> '16', NaN -> 'n/a', and from a
+    million up in powers of ten, as one types it: 1e10 -> '1e+10' (not '10000000000.0')."""
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, (float, np.floating)):
-        return str(float(value))
+        value = float(value)
+        if math.isfinite(value) and abs(value) >= 1e6:
+            return np.format_float_scientific(value, unique=True, trim="-")
+        return str(value)
     if isinstance(value, (np.integer,)):
         return str(int(value))
     return str(value)
