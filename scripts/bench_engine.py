@@ -33,7 +33,7 @@ from backprop_lab.core.data import load_dataset
 from backprop_lab.core.mlp import MLP
 from backprop_lab.core.optim import make_optimizer
 from backprop_lab.core.rng import make_rng
-from backprop_lab.core.train import Trainer
+from backprop_lab.core.train import Trainer, flat_params
 
 LR = 0.1
 FULL_SIZES = [(320, 10), (20000, 512)]
@@ -99,7 +99,8 @@ def nb_update(params, grads, lr=0.1):
 
 def make_engine(X, y, params):
     model = MLP((X.shape[1], params["W1"].shape[1], 1), activation="relu")
-    trainer = Trainer(model, {k: v.copy() for k, v in params.items()}, make_optimizer("gd", lr=LR), X, y)
+    flat, views = flat_params(model, params)  # as train() runs it: one update call for all params
+    trainer = Trainer(model, views, make_optimizer("gd", lr=LR), X, y, flat=flat)
     step = trainer.step
 
     def run(epochs):

@@ -103,6 +103,24 @@ def test_fused_path_equals_plain_path(act, dtype, block_bytes, monkeypatch):
         np.testing.assert_array_equal(grads3[k], grads2[k])
 
 
+@pytest.mark.parametrize("act", ACTS)
+def test_forward_into_buffers_is_the_plain_forward_bit_for_bit(act):
+    model, params, X, _ = setup((3, 4, 6, 1), act, n=37, dtype=np.float64)
+    out = model.forward_buffers(37)
+    assert [b.shape for b in out] == [(37, 4), (37, 6), (37, 1)]
+    logits, _ = model.forward(params, X, out=out)
+    assert np.shares_memory(logits, out[-1]) and np.array_equal(logits, model.forward(params, X)[0])
+
+
+def test_workspace_gradients_are_views_of_one_flat_buffer():
+    model, params, X, y = setup((3, 4, 6, 1), "relu", n=37, dtype=np.float64)
+    ws = model.workspace(37, np.float64, rows=5)  # several blocks: tmp is added in one call
+    _, grads = model.loss_and_grads(params, X, y, ws)
+    assert list(grads) == model.param_names == list(model.param_shapes)
+    np.testing.assert_array_equal(ws.grad_flat, np.concatenate([grads[k].ravel() for k in grads]))
+    assert all(g.base is ws.grad_flat and g.shape == params[k].shape for k, g in grads.items())
+
+
 @pytest.mark.parametrize("rows", [1, 5, 19, 37, 100])
 def test_workspace_rows_set_the_blocks_and_keep_the_gradients(rows):
     model, params, X, y = setup((3, 4, 6, 1), "tanh", n=37, dtype=np.float64)

@@ -189,3 +189,75 @@ def test_accuracy_and_fractions_equal_numpys_mean():
     assert train_mod._acc(logits, y) == float(np.mean((logits >= 0) == y))
     mask = rng.random((7, 13)) > 0.3
     assert train_mod._fraction(mask) == float(np.mean(mask))
+
+
+# train()'s per-epoch fast path (one flat buffer for the parameters and one for the gradients,
+# the optimizer stepped once over it, the test set evaluated in reused buffers, one dot product
+# for finiteness) against the plain loop it replaced (tests/train_reference.py): every history
+# series, the final metrics and parameters, bit for bit. Optimizers with state (Adam, momentum,
+# nesterov), relu/tanh/leaky_relu, several layers, mini-batches, float32, log_every, divergence
+# at every epoch and between recorded ones.
+@pytest.mark.parametrize("data, hidden, act, init, opt, lr, hp, dtype, log_every, epochs", [
+    ("moons", (16,), "relu", "he", "gd", 0.1, {}, np.float64, 1, 60),
+    ("moons", (2,), "relu", "normal", "gd", 1.0, {}, np.float64, 1, 60),
+    ("moons", (8, 6), "tanh", "xavier", "adam", 0.05, {}, np.float64, 1, 60),
+    ("moons", (16,), "leaky_relu", "he", "momentum", 0.1, {}, np.float64, 3, 60),
+    ("moons", (16,), "relu", "he", "nesterov", 0.1, {}, np.float32, 1, 60),
+    ("moons", (16,), "relu", "he", "sgd", 0.1, {"batch_size": 32}, np.float64, 4, 30),
+    ("moons", (6,), "relu", "zeros", "gd", 0.5, {}, np.float64, 1, 40),
+    ("blobs", (10,), "relu", "he", "gd", 1000.0, {}, np.float64, 1, 200),  # diverges
+    ("blobs", (10,), "relu", "he", "gd", 1000.0, {}, np.float64, 25, 200),  # between recorded epochs
+    ("moons", (64,), "relu", "he", "sgd", 1e8, {"batch_size": 32}, np.float64, 1, 10),  # batch loss
+])
+def test_train_equals_the_plain_reference_loop_bit_for_bit(data, hidden, act, init, opt, lr, hp, dtype,
+                                                           log_every, epochs):
+    from train_reference import train_reference
+
+    dataset = load_dataset(data, rng=make_rng(0, "data"), dtype=dtype)
+    model = MLP((2, *hidden, 1), act)
+    params = model.init_params(init, make_rng(0, "init"), dtype=dtype)
+    r = train(model, params, dataset, make_optimizer(opt, lr, **hp), epochs=epochs,
+              rng=make_rng(0, "shuffle"), log_every=log_every)
+    history, status, diverged_epoch, final, ref_params = train_reference(
+        model, params, dataset, make_optimizer(opt, lr, **hp), epochs=epochs,
+        rng=make_rng(0, "shuffle"), log_every=log_every)
+    assert (r.status, r.diverged_epoch) == (status, diverged_epoch)
+    assert r.history.keys() == history.keys()
+    for k, v in history.items():
+        assert r.history[k].dtype == v.dtype and np.array_equal(r.history[k], v), k
+    assert r.final == final
+    for k, p in ref_params.items():
+        assert np.array_equal(r.params[k], p, equal_nan=True), k
+    if lr == 1000.0:
+        assert status == "diverged"  # the case is covered, not only the happy path
+
+
+def test_finite_flat_agrees_with_the_per_array_reference():
+    # One dot product per buffer, the per-array sums only where it cannot vouch (huge, inf, NaN).
+    big = np.finfo(np.float64).max
+    for entries in ([1.0, -2.0, 3.0], [1e149, -1e149], [1e151, 1.0], [big, big], [big, -big],
+                    [big / 2, big / 2], [np.inf, 0.0], [-np.inf, np.inf], [np.nan, 1.0], [0.0, 0.0],
+                    [1e-320, -1e-320]):
+        flat = np.array([*entries, 0.5, -0.25])
+        arrays = (flat[:2], flat[2:])
+        with np.errstate(over="ignore", invalid="ignore"):
+            assert train_mod._finite_flat([flat], arrays) == train_mod._finite(*arrays), entries
+
+
+def test_flat_trainer_steps_every_optimizer_as_one_state_per_name():
+    d = load_dataset("moons", rng=make_rng(0, "data"))
+    model = MLP((2, 8, 5, 1), "tanh")
+    params = model.init_params("xavier", make_rng(0, "init"))
+    for opt in ("gd", "momentum", "nesterov", "adam"):
+        flat, views = train_mod.flat_params(model, params)
+        fast = Trainer(model, views, make_optimizer(opt, 0.05), d.X_train, d.y_train, flat=flat)
+        plain = Trainer(model, {k: v.copy() for k, v in params.items()}, make_optimizer(opt, 0.05),
+                        d.X_train, d.y_train)
+        assert set(fast.state) == {"all"} and set(plain.state) == set(params)
+        for _ in range(5):
+            assert fast.epoch() == plain.epoch()
+        for k in params:
+            assert np.array_equal(views[k], plain.params[k]) and views[k].base is flat, (opt, k)
+    with pytest.raises(ValueError, match=r"params\['W1'\] is not the next view of flat"):
+        Trainer(model, {k: v.copy() for k, v in params.items()}, make_optimizer("gd", 0.1),
+                d.X_train, d.y_train, flat=flat)

@@ -38,25 +38,34 @@ def bce_with_logits(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarra
     return float(loss), p
 
 
-def bce_loss(logits: np.ndarray, y: np.ndarray) -> float:
-    """Mean BCE only (no gradient), for evaluation; logits, y: (N,)."""
-    terms = np.maximum(logits, 0) - logits * y + np.log1p(np.exp(-np.abs(logits)))
+def bce_loss(logits: np.ndarray, y: np.ndarray, scratch=None) -> float:
+    """Mean BCE only (no gradient), for evaluation; logits, y: (N,).
+
+    scratch: two (N,) buffers of the logits' dtype to compute in (the same operations, no
+    temporaries; training evaluates its test set so every epoch)."""
+    if scratch is None:
+        terms = np.maximum(logits, 0) - logits * y + np.log1p(np.exp(-np.abs(logits)))
+    else:
+        terms, t = scratch
+        np.maximum(logits, 0, out=terms)
+        terms -= np.multiply(logits, y, out=t)
+        np.copysign(logits, -1.0, out=t)  # -|z|: the same bits as np.negative(np.abs(z))
+        terms += np.log1p(np.exp(t, out=t), out=t)
     return float(np.add.reduce(terms)) / terms.shape[0]  # the mean, without mean()'s wrapper
 
 
-def bce_sum_and_grad(z, y, inv_n, e, out):
+def bce_sum_and_grad(z, y, inv_n, e, out, scratch=None):
     """Engine kernel for one chunk of a batch: returns (sum of the BCE terms, dz) without temporaries
-    of the chunk's size beyond the two given buffers.
+    of the chunk's size beyond the given buffers.
 
-    z, y: (m,); inv_n: 1 / (size of the whole batch); e, out: (m,) scratch buffers of z's dtype.
-    dz = (sigmoid(z) - y) * inv_n is written into ``out`` and returned.
+    z, y: (m,); inv_n: 1 / (size of the whole batch); e, out, scratch: (m,) buffers of z's dtype
+    (scratch None: a temporary). dz = (sigmoid(z) - y) * inv_n is written into ``out`` and returned.
     """
-    np.abs(z, out=e)
-    np.negative(e, out=e)
+    np.copysign(z, -1.0, out=e)  # -|z|: the same bits as np.negative(np.abs(z))
     np.exp(e, out=e)  # e = exp(-|z|) in (0, 1]
     np.maximum(z, 0, out=out)
-    out -= z * y
-    total = float(np.add.reduce(out)) + float(np.add.reduce(np.log1p(e)))
+    out -= np.multiply(z, y, out=scratch)
+    total = float(np.add.reduce(out)) + float(np.add.reduce(np.log1p(e, out=scratch)))
     np.add(e, 1.0, out=out)
     np.divide(1.0, out, out=out)  # sigmoid(|z|)
     np.multiply(out, e, out=out, where=z < 0)  # sigmoid(z) = e / (1 + e) for z < 0

@@ -31,6 +31,25 @@ from .losses import bce_loss, bce_sum_and_grad, bce_with_logits, sigmoid
 BLOCK_BYTES = 1 << 18
 
 
+def flat_buffer(shapes, dtype=np.float64, values=None):
+    """One contiguous 1-D buffer holding arrays of ``shapes`` (name -> shape) one after the other.
+
+    Returns ``(flat, views)``: ``views[name]`` is a C-contiguous view of ``flat`` with its shape,
+    in the order of ``shapes``; with ``values`` (name -> array) the views start as copies of them.
+    An elementwise rule (an optimizer step, a copy, a difference) then runs once over ``flat``
+    instead of once per array, with the same result for every entry.
+    """
+    sizes = {k: int(np.prod(shape, dtype=np.int64)) for k, shape in shapes.items()}
+    flat = np.empty(sum(sizes.values()), dtype)
+    views, start = {}, 0
+    for k, shape in shapes.items():
+        views[k] = flat[start:start + sizes[k]].reshape(shape)
+        start += sizes[k]
+        if values is not None:
+            np.copyto(views[k], values[k])
+    return flat, views
+
+
 class Workspace:
     """Buffers of the fused path for batches of exactly ``n`` rows of one dtype.
 
@@ -39,8 +58,9 @@ class Workspace:
     accumulation of block gradients is checked too.
 
     After ``loss_and_grads(..., ws)``: ``ws.logits: (n,)``, ``ws.grads`` (same names and shapes as
-    the params; overwritten by the next call) and, with ``track_units=True``, ``ws.unit_max[l]:
-    (H_l,)`` = the largest activation of every hidden unit over the batch.
+    the params, views of the one buffer ``ws.grad_flat`` in ``model.param_names`` order;
+    overwritten by the next call) and, with ``track_units=True``, ``ws.unit_max[l]: (H_l,)`` =
+    the largest activation of every hidden unit over the batch.
     """
 
     def __init__(self, model: MLP, n: int, dtype=np.float64, rows: int | None = None):
@@ -56,10 +76,10 @@ class Workspace:
         self.unit_max = {l: np.empty(sizes[l], self.dtype) for l in hidden}
         self.logits = np.empty(self.n, self.dtype)
         self.dz, self.e, self.ones = np.empty(r, self.dtype), np.empty(r, self.dtype), np.ones(r, self.dtype)
-        self.grads, self.tmp = {}, {}
-        for l in range(1, model.n_layers + 1):
-            for name, shape in ((f"W{l}", (sizes[l - 1], sizes[l])), (f"b{l}", (sizes[l],))):
-                self.grads[name], self.tmp[name] = np.empty(shape, self.dtype), np.empty(shape, self.dtype)
+        self.scratch = np.empty(r, self.dtype)
+        # Later blocks write into tmp and add it to grads in one call over the flat buffers.
+        self.grad_flat, self.grads = flat_buffer(model.param_shapes, self.dtype)
+        self.tmp_flat, self.tmp = flat_buffer(model.param_shapes, self.dtype)
 
 
 class MLP:
@@ -86,6 +106,12 @@ class MLP:
         else:
             self._act_fwd = act_fwd
         self.param_names = [f"{k}{l}" for l in range(1, self.n_layers + 1) for k in ("W", "b")]
+        self.param_shapes = {}  # name -> shape, in param_names order
+        for l in range(1, self.n_layers + 1):
+            self.param_shapes[f"W{l}"] = (self.layer_sizes[l - 1], self.layer_sizes[l])
+            self.param_shapes[f"b{l}"] = (self.layer_sizes[l],)
+        self._W_names = [None] + [f"W{l}" for l in range(1, self.n_layers + 1)]
+        self._b_names = [None] + [f"b{l}" for l in range(1, self.n_layers + 1)]
 
     def __repr__(self):
         return f"MLP(layer_sizes={self.layer_sizes}, activation={self.activation!r})"
@@ -99,18 +125,27 @@ class MLP:
         return Workspace(self, n, dtype, rows)
 
     # ---- plain path -------------------------------------------------------------------------
-    def forward(self, params, X):
-        """X: (N, D) -> (logits: (N,), cache)."""
+    def forward(self, params, X, out=None):
+        """X: (N, D) -> (logits: (N,), cache).
+
+        out: ``forward_buffers(N, dtype)`` to write every layer's output into instead of fresh
+        arrays (the same operations; training evaluates its test set so every epoch)."""
         L = self.n_layers
         caches = []
         A = X
         for l in range(1, L):
-            Z, lin = linear_forward(A, params[f"W{l}"], params[f"b{l}"])  # (N, H_l)
+            Z, lin = linear_forward(A, params[f"W{l}"], params[f"b{l}"],
+                                    out=None if out is None else out[l - 1])  # (N, H_l)
             A, act = self._act_fwd(Z, out=Z)  # Z itself is not needed by backward: overwrite it
             caches.append((lin, act))
-        z, lin = linear_forward(A, params[f"W{L}"], params[f"b{L}"])  # (N, 1)
+        z, lin = linear_forward(A, params[f"W{L}"], params[f"b{L}"],
+                                out=None if out is None else out[L - 1])  # (N, 1)
         caches.append((lin, None))
         return z[:, 0], caches
+
+    def forward_buffers(self, n: int, dtype=np.float64) -> list[np.ndarray]:
+        """Buffers for ``forward(params, X, out=...)`` on X of ``n`` rows: (n, H_l) per layer."""
+        return [np.empty((n, h), dtype) for h in self.layer_sizes[1:]]
 
     def backward(self, dlogits, cache):
         """dlogits: (N,) -> grads with the params' names and shapes."""
@@ -155,8 +190,9 @@ class MLP:
         if n != ws.n:
             raise ValueError(f"workspace is for batches of {ws.n} rows, got {n}")
         act_fwd, act_bwd, grads, tmp = self._act_fwd, self._act_bwd, ws.grads, ws.tmp
-        W = [None] + [params[f"W{l}"] for l in range(1, L + 1)]
-        b = [None] + [params[f"b{l}"] for l in range(1, L + 1)]
+        W_names, b_names = self._W_names, self._b_names
+        W = [None] + [params[W_names[l]] for l in range(1, L + 1)]
+        b = [None] + [params[b_names[l]] for l in range(1, L + 1)]
         w_out = W[L][:, 0]  # (H_{L-1},) view of the output weights
         inv_n, total = 1.0 / n, 0.0
         for s in range(0, n, R):
@@ -171,23 +207,24 @@ class MLP:
                 A, cache = act_fwd(Z, out=Z)
                 acts.append(A)
                 act_caches.append(cache)
-                if track_units:
-                    um = acts[-1].max(axis=0)
-                    np.maximum(ws.unit_max[l], um, out=ws.unit_max[l]) if s else np.copyto(ws.unit_max[l], um)
+                if track_units:  # the max is exact: the same whatever the order or the blocks
+                    if s:
+                        np.maximum(ws.unit_max[l], np.maximum.reduce(A, axis=0), out=ws.unit_max[l])
+                    else:
+                        np.maximum.reduce(A, axis=0, out=ws.unit_max[l])
             z = ws.logits[s:s + m]
             np.dot(acts[-1], w_out, out=z)  # (m,)
             z += b[L]
-            part, dz = bce_sum_and_grad(z, y[s:s + m], inv_n, ws.e[:m], ws.dz[:m])
+            part, dz = bce_sum_and_grad(z, y[s:s + m], inv_n, ws.e[:m], ws.dz[:m], ws.scratch[:m])
             total += part
             dout, ones = dz[:, None], ws.ones[:m]  # (m, 1)
             for l in range(L, 0, -1):
-                np.dot(acts[l - 1].T, dout, out=gout[f"W{l}"])  # (H_{l-1}, H_l)
-                np.dot(ones, dout, out=gout[f"b{l}"])  # (H_l,): a BLAS sum, far faster than sum(axis=0)
-                if s:
-                    grads[f"W{l}"] += tmp[f"W{l}"]
-                    grads[f"b{l}"] += tmp[f"b{l}"]
+                np.dot(acts[l - 1].T, dout, out=gout[W_names[l]])  # (H_{l-1}, H_l)
+                np.dot(ones, dout, out=gout[b_names[l]])  # (H_l,): a BLAS sum, far faster than sum(axis=0)
                 if l > 1:
                     dA = ws.da[l - 1][:m]
                     np.dot(dout, W[l].T, out=dA)  # (m, H_{l-1})
                     dout = act_bwd(dA, act_caches[l - 1], out=dA)
+            if s:
+                ws.grad_flat += ws.tmp_flat  # every parameter's block gradient, one call
         return total * inv_n, grads

@@ -26,6 +26,9 @@ class Optimizer:
     """``init_state(params) -> state``; ``step(params, grads, state)`` updates params in place."""
 
     name = "?"
+    # True when the rule updates every entry from that entry alone (same state shapes as the
+    # params): the trainer then runs it once over one flat buffer of all the parameters.
+    elementwise = True
     # Hyper-parameters beyond lr and their defaults: the one source (config/schema.py reads them).
     defaults: dict = {}
     default_batch_size: int | None = None  # None = full batch

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .losses import bce_loss
+from .mlp import flat_buffer
 
 _TINY = 1e-12
 
@@ -50,22 +51,42 @@ class TrainResult:
     stopped_epoch: int | None = None  # status "stopped": epochs run before the callback said stop
 
 
+def flat_params(model, params):
+    """A copy of ``params`` in one flat buffer: ``(flat, views)`` (``mlp.flat_buffer`` in
+    ``model.param_names`` order), what ``Trainer(..., flat=flat)`` steps in one call; ``(None,
+    plain copies)`` when the params do not share one dtype."""
+    dtypes = {v.dtype for v in params.values()}
+    if len(dtypes) != 1 or set(params) != set(model.param_shapes):
+        return None, {k: v.copy() for k, v in params.items()}
+    return flat_buffer(model.param_shapes, dtypes.pop(), values=params)
+
+
 class Trainer:
     """The bare engine: forward + backward + update, no diagnostics, all buffers reused.
 
-    ``Trainer(model, params, optimizer, X, y, rng=None)`` updates ``params`` in place;
+    ``Trainer(model, params, optimizer, X, y, rng=None, flat=None)`` updates ``params`` in place;
     ``epoch()`` runs one epoch (one step for a full-batch optimizer, shuffled mini-batches
     otherwise; ``rng`` is the "shuffle" stream) and returns the last step's loss. This is what
     the speed benchmark times. X: (N, D) and y: (N,) are cast to the params' dtype once.
+    ``flat``: the buffer that ``params`` are views of (``flat_params``); an elementwise optimizer
+    (``optimizer.elementwise``, all of them) then updates every parameter in one call per
+    operation, ``state`` holding one entry ``"all"`` for the whole buffer (same values, entry by
+    entry, as one state per name: tests/test_train.py).
     """
 
-    def __init__(self, model, params, optimizer, X, y, rng=None):
+    def __init__(self, model, params, optimizer, X, y, rng=None, flat=None):
         self.model, self.params, self.optimizer = model, params, optimizer
         self.dtype = params["W1"].dtype
         self.X = np.ascontiguousarray(X, dtype=self.dtype)
         self.y = np.ascontiguousarray(y, dtype=self.dtype)
         self.n = self.X.shape[0]
-        self.state = optimizer.init_state(params)
+        if flat is not None and optimizer.elementwise:
+            _check_flat(model, params, flat)
+            self.flat = {"all": flat}
+            self.state = optimizer.init_state(self.flat)
+        else:
+            self.flat = None
+            self.state = optimizer.init_state(params)
         self.full = optimizer.batch_size is None
         self.ws_full = model.workspace(self.n, self.dtype)
         if not self.full:
@@ -79,10 +100,17 @@ class Trainer:
             self.yb = {b: np.empty(b, self.dtype) for b in sizes}
         self.last_logits = None
 
+    def update(self, ws) -> None:
+        """The optimizer's step with the gradients the last ``loss_and_grads(..., ws)`` left in ``ws``."""
+        if self.flat is not None:
+            self.optimizer.step(self.flat, {"all": ws.grad_flat}, self.state)
+        else:
+            self.optimizer.step(self.params, ws.grads, self.state)
+
     def step(self) -> float:
         """One full-batch step; returns the loss at the parameters before the update."""
-        loss, grads = self.model.loss_and_grads(self.params, self.X, self.y, self.ws_full)
-        self.optimizer.step(self.params, grads, self.state)
+        loss, _ = self.model.loss_and_grads(self.params, self.X, self.y, self.ws_full)
+        self.update(self.ws_full)
         return loss
 
     def epoch(self) -> float:
@@ -94,11 +122,20 @@ class Trainer:
             idx = order[start:start + self.bs]
             b = idx.shape[0]
             Xb, yb = np.take(self.X, idx, axis=0, out=self.Xb[b]), np.take(self.y, idx, out=self.yb[b])
-            loss, grads = self.model.loss_and_grads(self.params, Xb, yb, self.ws[b])
+            loss, _ = self.model.loss_and_grads(self.params, Xb, yb, self.ws[b])
             if not math.isfinite(loss):
                 return loss
-            self.optimizer.step(self.params, grads, self.state)
+            self.update(self.ws[b])
         return loss
+
+
+def _check_flat(model, params, flat) -> None:
+    start = flat.ctypes.data
+    for k, shape in model.param_shapes.items():
+        p = params[k]
+        if p.base is not flat or p.ctypes.data != start or p.shape != shape or not p.flags.c_contiguous:
+            raise ValueError(f"Trainer: params[{k!r}] is not the next view of flat (use flat_params)")
+        start += p.nbytes
 
 
 def _acc(logits, y) -> float:
@@ -144,6 +181,20 @@ def _finite(*arrays) -> bool:
     return math.isfinite(sum(float(np.add.reduce(a, axis=None)) for a in arrays))
 
 
+#: Above this sum of squares an entry may reach ~1e150, where `_finite`'s sums could overflow.
+_SQ_SAFE = 1e300
+
+
+def _finite_flat(flats, arrays) -> bool:
+    """``_finite(*arrays)`` for arrays that are views of the buffers ``flats``, in one dot product
+    per buffer: a sum of squares <= 1e300 bounds every entry by 1e150, so no sum of a few
+    million of them overflows and `_finite` is True; anything else (inf, NaN, huge) asks `_finite`
+    itself, so both agree on every input, overflowing sums included (tests/test_train.py)."""
+    if all(float(np.dot(f, f)) <= _SQ_SAFE for f in flats):
+        return True
+    return _finite(*arrays)
+
+
 def metric_names(model) -> list[str]:
     """The per-epoch history keys (MLflow metric names) ``train`` produces for ``model``."""
     L = model.n_layers
@@ -183,19 +234,28 @@ def train(model, params, dataset, optimizer, *, epochs, rng, log_every=1, callba
     if isinstance(log_every, bool) or not isinstance(log_every, (int, np.integer)) or log_every < 1:
         raise ValueError(f"log_every must be a positive integer, got {log_every!r}")
     t0 = time.perf_counter()
-    params = {k: v.copy() for k, v in params.items()}
-    tr = Trainer(model, params, optimizer, dataset.X_train, dataset.y_train, rng)
+    flat, params = flat_params(model, params)  # a copy; one buffer, so one call per update rule
+    tr = Trainer(model, params, optimizer, dataset.X_train, dataset.y_train, rng, flat=flat)
     X_test = np.ascontiguousarray(dataset.X_test, dtype=tr.dtype)
     y_test = np.ascontiguousarray(dataset.y_test, dtype=tr.dtype)
+    test_out = model.forward_buffers(X_test.shape[0], tr.dtype)
+    test_scratch = (np.empty(X_test.shape[0], tr.dtype), np.empty(X_test.shape[0], tr.dtype))
     ws = tr.ws_full
     L = model.n_layers
     W_names = [f"W{l}" for l in range(1, L + 1)]
     track_dead = model.activation in ("relu", "leaky_relu")
+    hidden = range(1, L) if track_dead else range(0)
     names = metric_names(model)
     logged = [e for e in range(epochs) if e % log_every == 0 or e == epochs - 1]
-    hist = {k: np.full(len(logged), np.nan) for k in names}
+    rows = []  # one list of the `names` values per recorded epoch
     hist_epoch = np.asarray(logged, dtype=np.int64)
-    W_before = {k: np.empty_like(params[k]) for k in W_names}
+    # The update ratios: a copy of the parameters before the step (one call over the flat
+    # buffer), then the update in its place. 1-D views of the weights for the norms.
+    before_flat, before = flat_params(model, params)
+    flats, all_flats = ([flat], [flat, ws.grad_flat]) if flat is not None else ([], [])
+    W_params = [params[k].reshape(-1) for k in W_names]
+    W_before = [before[k].reshape(-1) for k in W_names]
+    W_grads = [ws.grads[k].reshape(-1) for k in W_names]
     row, status, diverged_epoch, stopped_epoch = 0, "finished", None, None
     values = list(params.values())
     snapshots = set(snapshot_epochs) if on_snapshot is not None else set()
@@ -210,9 +270,10 @@ def train(model, params, dataset, optimizer, *, epochs, rng, log_every=1, callba
             if tr.full or is_log:
                 # Full batch: this is the training step's own forward/backward (Trainer.step).
                 loss, grads = model.loss_and_grads(params, tr.X, tr.y, ws, track_units=is_log and track_dead)
-                ok = math.isfinite(loss) and _finite(*values, *grads.values())
+                ok = math.isfinite(loss) and (_finite_flat(all_flats, (*values, *grads.values()))
+                                              if flats else _finite(*values, *grads.values()))
             else:
-                ok = _finite(*values)
+                ok = _finite_flat(flats, values) if flats else _finite(*values)
             if not ok:
                 status, diverged_epoch = "diverged", epoch
                 break
@@ -221,39 +282,46 @@ def train(model, params, dataset, optimizer, *, epochs, rng, log_every=1, callba
                 on_snapshot(epoch, params)
                 snapshot_s += time.perf_counter() - t_snap
             if is_log:
-                m = {"train/loss": loss, "train/acc": _acc(ws.logits, tr.y)}
-                if track_dead:  # a unit is dead when no training sample activates it
-                    for l in range(1, L):
-                        m[f"dead_relu/layer{l}"] = _fraction(ws.unit_max[l] <= 0)
-                for k in W_names:
-                    m[f"grad_norm/{k}"] = _norm(grads[k])
-                    np.copyto(W_before[k], params[k])
-                test_logits, _ = model.forward(params, X_test)
-                m["test/loss"], m["test/acc"] = bce_loss(test_logits, y_test), _acc(test_logits, y_test)
+                test_logits = model.forward(params, X_test, out=test_out)[0]
+                # In the order of `names`: train/*, test/*, grad_norm/*, (after the step)
+                # update_ratio/*, dead_relu/*.
+                vals = [loss, _acc(ws.logits, tr.y), bce_loss(test_logits, y_test, test_scratch),
+                        _acc(test_logits, y_test), *map(_norm, W_grads)]
+                if flat is not None:
+                    np.copyto(before_flat, flat)
+                else:
+                    for k in W_names:
+                        np.copyto(before[k], params[k])
             if tr.full:
-                optimizer.step(params, grads, tr.state)
+                tr.update(ws)
             elif not math.isfinite(tr.epoch()):
                 status, diverged_epoch = "diverged", epoch
                 break
             if is_log:
-                for k in W_names:
-                    w = _norm(W_before[k])
-                    # The buffer holds the update from here on.
-                    du = _norm(np.subtract(params[k], W_before[k], out=W_before[k]))
-                    m[f"update_ratio/{k}"] = 0.0 if du == 0 else du / max(w, _TINY)
-                if not all(math.isfinite(v) for v in m.values()):  # only near float64's limit
+                w_norms = list(map(_norm, W_before))
+                # The buffer holds the update from here on.
+                if flat is not None:
+                    np.subtract(flat, before_flat, out=before_flat)
+                else:
+                    for w, w0 in zip(W_params, W_before, strict=True):
+                        np.subtract(w, w0, out=w0)
+                for w, du in zip(w_norms, map(_norm, W_before), strict=True):
+                    vals.append(0.0 if du == 0 else du / max(w, _TINY))
+                for l in hidden:  # a unit is dead when no training sample activates it
+                    vals.append(_fraction(ws.unit_max[l] <= 0))
+                if not all(map(math.isfinite, vals)):  # only near float64's limit
                     status, diverged_epoch = "diverged", epoch
                     break
-                for k in names:
-                    hist[k][row] = m[k]
+                rows.append(vals)
                 row += 1
-                if callback is not None and callback(epoch, m):
+                if callback is not None and callback(epoch, dict(zip(names, vals, strict=True))):
                     status, stopped_epoch = "stopped", epoch + 1
                     break
         if status != "diverged" and not _finite(*values):
             status, diverged_epoch, stopped_epoch = "diverged", stopped_epoch or epochs, None
         seconds = time.perf_counter() - t0 - snapshot_s
-        history = {"epoch": hist_epoch[:row], **{k: v[:row] for k, v in hist.items()}}
+        columns = np.array(rows, dtype=np.float64).reshape(row, len(names)).T.copy()
+        history = {"epoch": hist_epoch[:row], **dict(zip(names, columns, strict=True))}
         if status != "diverged":
             final = {
                 "final/train_loss": model.loss(params, tr.X, tr.y),
@@ -262,8 +330,7 @@ def train(model, params, dataset, optimizer, *, epochs, rng, log_every=1, callba
                 "final/test_acc": _acc(model.forward(params, X_test)[0], y_test),
             }
         else:
-            last = row - 1
-            final = {f"final/{k.replace('/', '_')}": float(hist[k][last]) if last >= 0 else math.nan
+            final = {f"final/{k.replace('/', '_')}": float(history[k][-1]) if row else math.nan
                      for k in ("train/loss", "train/acc", "test/loss", "test/acc")}
         final["final/epochs_run"] = float(diverged_epoch if diverged_epoch is not None
                                           else stopped_epoch or epochs)
