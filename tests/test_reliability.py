@@ -100,14 +100,17 @@ EPOCHS = 10
 GRID = ["+sweep=default", "init=he", "seed=0", "optim=adam", "optim.lr=0.01,0.05", f"train.epochs={EPOCHS}"]
 
 
-@pytest.mark.parametrize("n_jobs", [4])  # twice the cores: more writers at once than 2 would be
+# Two writers race on the fresh store (the schema, the experiment, the parent) as well as four did
+# (BPL_PARALLEL_JOBS=4 for more writers than cores); each joblib worker is an interpreter importing
+# MLflow and Hydra (~5 s of CPU), so the suite starts two.
+@pytest.mark.parametrize("n_jobs", [int(os.environ.get("BPL_PARALLEL_JOBS", "2"))])
 def test_parallel_workers_on_a_fresh_store_bit_identical_to_one_process_and_reproduce_matches(
         tmp_path, capsys, n_jobs):
     """joblib's workers on a fresh store (repeated: BPL_PARALLEL_REPEATS): every run in the right
-    experiment under the one parent. Then the same configs with the real command line in one
-    process (n_jobs=1) and on the project's forked workers (n_jobs=2: job 0 in the driver, job 1
-    in a worker): the same histories, weights and final metrics whatever the launcher (issue 14);
-    reproduce.py re-runs one and matches."""
+    experiment under the one parent. Then the same configs in one process (n_jobs=1: the
+    sweeper and launcher in this process) and with the real command line on the project's forked
+    workers (n_jobs=2: job 0 in the driver, job 1 in a worker): the same histories, weights and
+    final metrics whatever the launcher (issue 14); reproduce.py re-runs one and matches."""
     widths = ",".join(str(w) for w in range(2, 2 + n_jobs))
     for attempt in range(REPEATS):
         folder = tmp_path / f"attempt{attempt}"
@@ -129,10 +132,12 @@ def test_parallel_workers_on_a_fresh_store_bit_identical_to_one_process_and_repr
 
     # Two of joblib's configs (width 2, both rates) again, with the project's launcher.
     cj, joblib = _by_key(tmp_path / "attempt0", "backprop-lab/default")
-    for name, extra in {"one": "hydra.launcher.n_jobs=1", "forked": "hydra.launcher.n_jobs=2"}.items():
-        (tmp_path / name).mkdir()
-        done = run_sweep(tmp_path / name, *GRID, "model.width=2", extra)
-        assert done.returncode == 0, done.stderr[-2000:]
+    (tmp_path / "one").mkdir()
+    done = sweep_in_process(*GRID, "model.width=2", "hydra.launcher.n_jobs=1", *store_args(tmp_path / "one"))
+    assert [s.status for s in done] == ["finished"] * 2, done
+    (tmp_path / "forked").mkdir()
+    forked = run_sweep(tmp_path / "forked", *GRID, "model.width=2", "hydra.launcher.n_jobs=2")
+    assert forked.returncode == 0, forked.stderr[-2000:]
     ca, one = _by_key(tmp_path / "one", "backprop-lab/default")
     assert len(one) == 2 and set(one) <= set(joblib)
     for other in ("forked", "joblib"):
@@ -148,9 +153,11 @@ def test_parallel_workers_on_a_fresh_store_bit_identical_to_one_process_and_repr
 
 
 def test_resume_after_sigkill_skips_finished_kills_running_and_force_reruns(tmp_path, capfd):
-    # 500 epochs: a run lasts ~1 s of CPU, long enough to be caught RUNNING by the 0.1 s poll.
+    # Short runs: the sweep (driver and workers) is frozen (SIGSTOP) while the store is looked at,
+    # and killed only while a child is RUNNING after two finished; else it goes on (SIGCONT). A
+    # look timed by a sleep alone needed runs of ~1 s of CPU (500 epochs) to catch one RUNNING.
     args = ["+sweep=default", "init=he", "seed=0", "optim.lr=0.05,0.1,0.2", "model.width=16,24",
-            "train.epochs=500"]
+            "train.epochs=100"]
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--multirun", *args,
            *store_args(tmp_path)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
@@ -159,11 +166,16 @@ def test_resume_after_sigkill_skips_finished_kills_running_and_force_reruns(tmp_
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.1)
+            time.sleep(0.05)
+            try:
+                os.killpg(proc.pid, signal.SIGSTOP)
+            except ProcessLookupError:  # the sweep ended between the poll and the signal
+                continue
             states = _child_states(db)
             if states.count("FINISHED") >= 2 and "RUNNING" in states:
                 os.killpg(proc.pid, signal.SIGKILL)
                 break
+            os.killpg(proc.pid, signal.SIGCONT)
         else:
             pytest.fail("the sweep ended before it could be killed mid-run")
     finally:

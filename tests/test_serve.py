@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import runpy
 import signal
 import socket
 import subprocess
@@ -14,13 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from backprop_lab import QUIET_ENV
 from backprop_lab.env import free_port
 from backprop_lab.serve.server import ServeError, _group_alive, start_mlflow
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, **QUIET_ENV}
-ENV.pop("MLFLOW_TRACKING_URI", None)
 
 
 def api(url: str, endpoint: str, payload: dict | None = None) -> dict:
@@ -119,7 +118,7 @@ def test_cli_error_is_one_line_and_exit_code_nonzero(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_server_prints_url_trains_with_credentials_and_sigterm_stops_the_whole_group(tmp_path):
+def test_cli_server_prints_url_trains_with_credentials_and_sigterm_stops_the_whole_group(tmp_path, capfd):
     """`make server` as a user starts it; a real run logs into it through a URI with a user and
     password (issue 13: it works, and the password is printed and logged nowhere); SIGTERM stops
     every process of the server; then the same URI, dead, ends a run in one line, still redacted."""
@@ -147,7 +146,7 @@ def test_cli_server_prints_url_trains_with_credentials_and_sigterm_stops_the_who
         exp_id = api(url, "experiments/create", {"name": "proxied"})["experiment_id"]
         loc = api(url, f"experiments/get?experiment_id={exp_id}")["experiment"]["artifact_location"]
         assert loc.startswith("mlflow-artifacts:")
-        _train_with_credentials(tmp_path, port)
+        _train_with_credentials(tmp_path, port, capfd)
         mlflow_pids = pids_with_args("--port", str(port))
         assert mlflow_pids, "mlflow should be running"
         proc.send_signal(signal.SIGTERM)
@@ -156,17 +155,20 @@ def test_cli_server_prints_url_trains_with_credentials_and_sigterm_stops_the_who
         assert "stopping mlflow" in out
         time.sleep(0.5)
         assert pids_with_args("--port", str(port)) == [], "mlflow processes left behind"
-        # The server is gone: the same credentialed URI ends a run in one redacted line.
+        # The server is gone: the same credentialed URI ends a run in one redacted line. The
+        # entry point's check, in this process (a real interpreter's exit 1 on an unusable store:
+        # tests/test_faults.py's broken store).
         uri = f"http://alice:s3cret@127.0.0.1:{port}"
+        capfd.readouterr()
         t = time.monotonic()
-        dead = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "train.epochs=3"],
-                              cwd=tmp_path, env={**ENV, "MLFLOW_TRACKING_URI": uri},
-                              capture_output=True, text=True, timeout=120)
-        assert dead.returncode == 1 and dead.stderr.strip().count("\n") == 0, dead.stderr[-2000:]
-        assert "s3cret" not in dead.stdout + dead.stderr and "not reachable" in dead.stderr
-        assert f"http://***@127.0.0.1:{port}" in dead.stderr
-        # Interpreter start-up (hydra + mlflow imports) included; the check itself takes < 3 s.
-        assert time.monotonic() - t < 60
+        with pytest.MonkeyPatch.context() as patch, pytest.raises(SystemExit) as dead:
+            patch.setenv("MLFLOW_TRACKING_URI", uri)
+            _train_script().precheck(["train.epochs=3", f"tracking.artifact_root={tmp_path / 'art'}"])
+        out, err = capfd.readouterr()
+        assert dead.value.code == 1 and out == "" and err.count("\n") == 1, err[-2000:]
+        assert "s3cret" not in out + err and "not reachable" in err
+        assert f"http://***@127.0.0.1:{port}" in err
+        assert time.monotonic() - t < 30  # the check itself takes < 3 s (test_tracking)
     finally:  # on a failed assertion: the clean path first, then by PID whatever is left
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -178,19 +180,41 @@ def test_cli_server_prints_url_trains_with_credentials_and_sigterm_stops_the_who
             os.kill(pid, signal.SIGKILL)
 
 
-def _train_with_credentials(tmp_path: Path, port: int) -> None:
+def _train_script():
+    """scripts/train.py as a module (scripts/ is not a package): its precheck runs in-process."""
+    spec = importlib.util.spec_from_file_location("bpl_train_script", REPO / "scripts" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _train_with_credentials(tmp_path: Path, port: int, capfd) -> None:
     """A real single run into the server at `port` through http://alice:s3cret@...: the health
     check reaches 127.0.0.1:<port> (credentials in a header), the run finishes, and neither its
     output, its params nor its logged config hold the password."""
+    from hydra.core.global_hydra import GlobalHydra
+
     from backprop_lab.tracking import client as tracking
 
     uri = f"http://alice:s3cret@127.0.0.1:{port}"
     tracking.check_server(uri)
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "train.epochs=3",
-                           "experiment_name=creds"], cwd=tmp_path, env={**ENV, "MLFLOW_TRACKING_URI": uri},
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "s3cret" not in proc.stdout + proc.stderr
+    # `make train` with the URI in the environment: the script's own __main__ (precheck, then
+    # @hydra.main) in this process, as the shell runs it; the server is the real process.
+    capfd.readouterr()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.chdir(tmp_path)
+        patch.setattr(sys, "argv", [str(REPO / "scripts" / "train.py"), "train.epochs=3",
+                                    "experiment_name=creds"])
+        try:
+            runpy.run_path(str(REPO / "scripts" / "train.py"), run_name="__main__")
+        except SystemExit as exc:
+            pytest.fail(f"the credentialed run exited {exc.code}: {capfd.readouterr().err[-3000:]}")
+        finally:
+            GlobalHydra.instance().clear()
+    out, err = capfd.readouterr()
+    assert "finished" in out, out + err[-3000:]
+    assert "s3cret" not in out + err
     client = tracking.MlflowClient(f"http://127.0.0.1:{port}")
     (run,) = client.search_runs([client.get_experiment_by_name("creds").experiment_id])
     assert run.info.status == "FINISHED"
