@@ -13,7 +13,8 @@ built only when a test of the session reads it:
 All sweeps of a build run one after another in ONE Python process (`_DRIVER`): each is the
 script's own `__main__` block run with that sweep's argv, so the interpreter start and the imports
 of Hydra, MLflow and matplotlib (~7 s CPU a sweep) are paid once per session, not once per sweep;
-a part's tests start as soon as its last sweep ends.
+a part's tests start as soon as its last sweep ends. The build starts at the session's first test
+(`start_store`, an autouse fixture in tests/conftest.py), beside the tests that read no store.
 """
 
 from __future__ import annotations
@@ -154,17 +155,27 @@ def parts_read(session) -> set[str]:
     return wanted
 
 
-def tiny_store(tmp_path_factory, session, part: str) -> Store:
-    """The session's store once its `part` is built. The first caller starts the build of every
-    part the session's tests read (`parts_read`, the ui part last) in one process; each caller
-    waits only for its own part."""
+def start_store(tmp_path_factory, session, part: str | None = None) -> Path:
+    """Start, once per session, the build of every part the session's tests read (`parts_read`,
+    and `part`; the ui part last) in one process; return the store's folder. Called at the
+    session's first test (tests/conftest.py), so the sweeps run beside the tests that read no
+    store instead of while a reader's worker waits; a session without readers builds nothing."""
     root = session_dir(tmp_path_factory) / "bpl_analysis_store"
+    wanted = parts_read(session) | ({part} if part else set())
+    if not wanted:
+        return root
     with FileLock(f"{root}.lock"):  # the first worker starts the build, the others find it started
         if not root.exists():
             root.mkdir()
-            wanted = parts_read(session) | {part}
             _BUILD.append(start_build(root, [p for p in ("analysis", "ui") if p in wanted]))
             atexit.register(_BUILD[-1].wait)  # this worker may finish first: reap the build
+    return root
+
+
+def tiny_store(tmp_path_factory, session, part: str) -> Store:
+    """The session's store once its `part` is built (the build started by `start_store`); each
+    caller waits only for its own part."""
+    root = start_store(tmp_path_factory, session, part)
     wait_for(root, part)
     return Store(uri=f"sqlite:///{root / 'mlflow.db'}", root=root)
 

@@ -185,6 +185,16 @@ def tiny_sweep(tmp_path_factory) -> TinySweep:
                      done.returncode, done.stdout, done.stderr)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_store_started(request, tmp_path_factory):
+    """The build of tests/analysis_store.py's shared store starts with the session's first test
+    (on every xdist worker: the first one starts it), not when its first reader asks for it: its
+    sweeps run beside other tests instead of while a reader's worker waits for them."""
+    from analysis_store import start_store
+
+    start_store(tmp_path_factory, request.session)
+
+
 # --------------------------------------------------------------------------- a migrated empty store
 
 
