@@ -31,9 +31,15 @@ TINY = ["train.epochs=60", "data.n_samples=120", "search.report_every=10",
         "search.pruner.warmup_epochs=10", "search.pruner.startup_trials=2", "search.seeds=[0,1]"]
 
 
-def _args(store: Path, trials: int = TRIALS, jobs: int = 1) -> list[str]:
+# Two workers sharing one study: one seed per trial, short runs, no gradient check (the trials'
+# runs are checked whole by test_trials_are_children_of_one_parent_and_some_are_pruned).
+SHARED = ["train.epochs=20", "data.n_samples=120", "search.report_every=10", "search.pruner.warmup_epochs=10",
+          "search.pruner.startup_trials=2", "search.seeds=[0]", "gradcheck.enabled=false"]
+
+
+def _args(store: Path, trials: int = TRIALS, jobs: int = 1, tiny: list[str] = TINY) -> list[str]:
     return [f"TRIALS={trials}", f"JOBS={jobs}", f"tracking.uri=sqlite:///{store / 'mlflow.db'}",
-            f"tracking.artifact_root={store / 'art'}", *TINY]
+            f"tracking.artifact_root={store / 'art'}", *tiny]
 
 
 def _search(store: Path, **kw) -> tuple[int, str]:
@@ -232,11 +238,12 @@ def test_sigkill_mid_search_then_the_same_command_finishes_with_no_duplicate_run
 @pytest.mark.slow
 def test_two_workers_share_one_study(tmp_path):
     store = tmp_path / "store"
-    code, text = _search(store, trials=4, jobs=2)
+    code, text = _search(store, trials=4, jobs=2, tiny=SHARED)
     assert code == 0, text
+    assert "4 trials (0 done), 1 seed(s) each, 2 worker(s)" in text
     parents, children = _children(store)
     assert len(parents) == 1 and len(_live_params(store)) == 4
-    assert len({c.data.tags["bpl.trial"] for c in children}) == 4
+    assert len({c.data.tags["bpl.trial"] for c in children}) == 4 and len(children) == 4
     keys = [(c.data.tags["bpl.trial"], c.data.params["seed"]) for c in children]
     assert len(keys) == len(set(keys))
 
