@@ -208,6 +208,61 @@ def test_parallel_runs_logging_the_same_dataset_do_not_collide(tmp_path):
         assert len(digests) == 1
 
 
+def _inputs(client, run_id):
+    return [(d.dataset.to_dictionary(), [(t.key, t.value) for t in d.tags])
+            for d in client.get_run(run_id).inputs.dataset_inputs]
+
+
+def test_dataset_input_linked_in_sql_equals_log_inputs(store, capsys):
+    """A run whose experiment holds the dataset already is linked to it in one transaction:
+    the same inputs as MLflow's log_inputs gives (dataset, context tag), once however often."""
+    from mlflow.data.numpy_dataset import from_numpy
+    from mlflow.entities import DatasetInput, InputTag
+
+    from backprop_lab.core.data import load_dataset
+    from backprop_lab.core.rng import make_rng
+
+    client, _, art = store
+    exp_id = tracking.ensure_experiment(client, "inputs", art)
+    first, ours, theirs = (client.create_run(exp_id).info.run_id for _ in range(3))
+    ds = load_dataset("blobs", rng=make_rng(0, "data"))
+    log = dict(name="blobs-train", context="train")
+    assert tracking.log_dataset(client, first, ds.X_train, ds.y_train, **log) == "log_inputs"  # new
+    assert tracking.log_dataset(client, ours, ds.X_train, ds.y_train, **log) == "sql"
+    assert tracking.log_dataset(client, ours, ds.X_train, ds.y_train, **log) == "sql"  # no second link
+    entity = from_numpy(ds.X_train, targets=ds.y_train, name="blobs-train", source=tracking._LOCAL_SOURCE())
+    client.log_inputs(theirs, datasets=[DatasetInput(entity._to_mlflow_entity(),
+                                                     tags=[InputTag("mlflow.data.context", "train")])])
+    assert _inputs(client, ours) == _inputs(client, theirs) == _inputs(client, first)
+    assert len(_inputs(client, ours)) == 1 and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("fault", ["table changed", "run deleted"])
+def test_dataset_input_falls_back_to_log_inputs(store, monkeypatch, capsys, fault):
+    from mlflow.exceptions import MlflowException
+
+    from backprop_lab.core.data import load_dataset
+    from backprop_lab.core.rng import make_rng
+
+    client, _, art = store
+    exp_id = tracking.ensure_experiment(client, "inputs-fallback", art)
+    first, run_id = (client.create_run(exp_id).info.run_id for _ in range(2))
+    ds = load_dataset("blobs", rng=make_rng(0, "data"))
+    log = dict(name="blobs-train", context="train")
+    tracking.log_dataset(client, first, ds.X_train, ds.y_train, **log)
+    monkeypatch.setattr(tracking, "_WARNED", set())
+    if fault == "table changed":
+        monkeypatch.setattr(tracking, "INPUTS_COLUMNS", tracking.INPUTS_COLUMNS | {"model_id"})
+        assert tracking.log_dataset(client, run_id, ds.X_train, ds.y_train, **log) == "log_inputs"
+        assert _inputs(client, run_id) == _inputs(client, first)
+        assert capsys.readouterr().err.count("backprop-lab warning") == 1
+    else:  # MLflow's own refusal, as log_inputs gives it; nothing for the user to upgrade
+        client.delete_run(run_id)
+        with pytest.raises(MlflowException, match="must be in the 'active' state"):
+            tracking.log_dataset(client, run_id, ds.X_train, ds.y_train, **log)
+        assert capsys.readouterr().err == ""
+
+
 def test_log_history_async_writes_the_same_rows(store):
     client, _, art = store
     exp_id = tracking.ensure_experiment(client, "hist-async", art)
@@ -269,6 +324,16 @@ def test_metrics_table_contract_of_the_pinned_mlflow(store):
     assert set(SqlLatestMetric.__table__.c.keys()) == tracking.LATEST_METRICS_COLUMNS
     assert set(SqlTag.__table__.c.keys()) == tracking.TAGS_COLUMNS
     assert set(SqlParam.__table__.c.keys()) == tracking.PARAMS_COLUMNS
+    from mlflow.store.tracking.dbmodels.models import SqlRun
+
+    assert SqlRun.__tablename__ == "runs" and set(SqlRun.__table__.c.keys()) == tracking.RUNS_COLUMNS
+    from mlflow.store.tracking.dbmodels.models import SqlDataset, SqlInput, SqlInputTag
+
+    assert set(SqlInput.__table__.c.keys()) == tracking.INPUTS_COLUMNS
+    assert set(SqlInputTag.__table__.c.keys()) == tracking.INPUT_TAGS_COLUMNS
+    assert set(SqlDataset.__table__.c.keys()) == tracking.DATASETS_COLUMNS
+    assert {c.name for c in SqlInput.__table__.primary_key} == {  # log_dataset's ON CONFLICT
+        "source_type", "source_id", "destination_type", "destination_id"}
     for model in (SqlLatestMetric, SqlTag, SqlParam):  # write_batch's ON CONFLICT targets
         assert {c.name for c in model.__table__.primary_key} == {"key", "run_uuid"}
     client, uri, _ = store
@@ -387,10 +452,16 @@ def test_batch_in_one_sql_transaction_equals_log_batch(store, capsys):
         params = [tracking.Param("optim.lr", "0.1"), tracking.Param("model.hidden_sizes", "[10]")]
         if sql:
             assert tracking.write_batch(client, run_id, params=params) == "sql"  # the pinned MLflow
-            assert tracking.write_batch(client, run_id, metrics=_final_batch(), tags=tags) == "sql"
+            assert tracking.write_batch(client, run_id, metrics=_final_batch(), tags=tags,
+                                        end_status="FINISHED") == "sql"
         else:
             client.log_batch(run_id, params=params)
             tracking.log_metrics(client, run_id, _final_batch(), tags=tags)
+            client.set_terminated(run_id, "FINISHED")
+    ours_info, theirs_info = (client.get_run(r).info for r in runs)
+    assert ours_info.status == theirs_info.status == "FINISHED"
+    assert theirs_info.end_time - 60_000 < ours_info.end_time <= theirs_info.end_time  # ms, set now
+    assert ours_info.lifecycle_stage == "active" and ours_info.run_name == theirs_info.run_name
     ours, theirs = (client.get_run(r).data for r in runs)
     assert ours.metrics == theirs.metrics == {"train/loss": 0.5, "final/test_acc": 0.875}
     assert ours.tags == theirs.tags and ours.tags["mlflow.loggedImages"] == "True"
@@ -405,19 +476,23 @@ def test_batch_in_one_sql_transaction_equals_log_batch(store, capsys):
                 == [(m.step, m.value, m.timestamp) for m in client.get_metric_history(runs[1], key)])
 
 
-@pytest.mark.parametrize("fault", ["table changed", "run deleted"])
+@pytest.mark.parametrize("fault", ["table changed", "runs table changed", "run deleted"])
 def test_sql_batch_falls_back_to_log_batch(store, monkeypatch, capsys, fault):
     from mlflow.exceptions import MlflowException
 
     client, _, art = store
     run_id = client.create_run(tracking.ensure_experiment(client, "final-fallback", art)).info.run_id
     monkeypatch.setattr(tracking, "_WARNED", set())
-    if fault == "table changed":
-        monkeypatch.setattr(tracking, "TAGS_COLUMNS", tracking.TAGS_COLUMNS | {"extra"})
+    if fault != "run deleted":  # MLflow's tables are not the pinned ones: its public API, ended
+        if fault == "table changed":
+            monkeypatch.setattr(tracking, "TAGS_COLUMNS", tracking.TAGS_COLUMNS | {"extra"})
+        else:  # e.g. a column the UPDATE of the run's end would have to set too
+            monkeypatch.setattr(tracking, "RUNS_COLUMNS", tracking.RUNS_COLUMNS | {"ended_by"})
         assert tracking.write_batch(client, run_id, metrics=_final_batch(),
-                                    tags={"bpl.status": "finished"}) == "log_batch"
+                                    tags={"bpl.status": "finished"}, end_status="FINISHED") == "log_batch"
         assert client.get_run(run_id).data.metrics == {"train/loss": 0.25, "final/test_acc": 0.875}
         assert client.get_run(run_id).data.tags["bpl.status"] == "finished"
+        assert client.get_run(run_id).info.status == "FINISHED" and client.get_run(run_id).info.end_time
         assert capsys.readouterr().err.count("backprop-lab warning") == 1
     else:  # MLflow's own refusal, as log_batch gives it; nothing for the user to upgrade
         client.delete_run(run_id)

@@ -131,8 +131,7 @@ def train_and_log(client, info, rc: RunConfig, overrides, t0: float, on_epoch=No
     if outcome.diverged_epoch is not None:
         end_tags["bpl.diverged_epoch"] = outcome.diverged_epoch
     metrics = latest + tracking.metric_batch([(k, [0], [v]) for k, v in final.items()], now_ms)
-    tracking.write_batch(client, run_id, metrics=metrics, tags=end_tags)
-    client.set_terminated(run_id, "FINISHED")
+    tracking.write_batch(client, run_id, metrics=metrics, tags=end_tags, end_status="FINISHED")
     return Recorded(outcome.status, final, boundary_png)
 
 
