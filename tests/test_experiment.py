@@ -173,12 +173,28 @@ def test_sweep_job_reads_parent_and_name_from_its_config_not_as_params(make_cfg,
 
 
 def test_store_failing_in_create_run_is_one_failed_job(make_cfg, tmp_path, monkeypatch, capsys):
-    """A full disk (or any store error) while creating the run: the job ends failed with one line."""
-    from mlflow import MlflowClient
+    """A full disk (or any store error) while creating the run: the job ends failed with one line,
+    whichever way the run is created (MLflow's create_run, or the SQL path that refuses to fall
+    back to it when the store failed)."""
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    from backprop_lab.tracking import client as tracking
 
     def full_disk(self, *args, **kwargs):
         raise OSError(28, "No space left on device")
 
+    def sqlite_full(*args, **kwargs):
+        full = sqlite3.OperationalError("database or disk is full")  # SQLite's SQLITE_FULL text
+        raise sqlalchemy.exc.OperationalError("INSERT", (), full)
+
+    monkeypatch.setattr(tracking, "_insert_run", sqlite_full)
+    summary = experiment.run(make_cfg(), JobContext(mode="multirun"))
+    assert summary.status == "failed" and summary.error.startswith("tracking store: ")
+    assert "disk is full" in summary.error and summary.run_id is None
+    capsys.readouterr()
+    monkeypatch.setattr(tracking, "_insert_run", lambda *args: None)  # MLflow's create_run's turn
     monkeypatch.setattr(MlflowClient, "create_run", full_disk)
     summary = experiment.run(make_cfg(), JobContext(mode="multirun"))
     assert (summary.status, summary.error) == ("failed", "tracking store: [Errno 28] No space left on device")

@@ -208,6 +208,47 @@ def test_parallel_runs_logging_the_same_dataset_do_not_collide(tmp_path):
         assert len(digests) == 1
 
 
+def test_run_created_in_sql_equals_create_run(store, capsys):
+    """create_run's SQL path leaves the run MLflow's create_run leaves: info, tags, run name,
+    artifact location, and a run the public API then logs to and ends."""
+    client, _, art = store
+    exp_id = tracking.ensure_experiment(client, "create", art)
+    tags = {"bpl.role": "child", "mlflow.user": "someone", "mlflow.source.type": "LOCAL"}
+    ours = tracking.create_run(client, exp_id, tags=tags, run_name="lr=0.1 seed=0")
+    theirs = client.create_run(exp_id, tags=tags, run_name="lr=0.1 seed=0").info
+    stored = client.get_run(ours.run_id)
+    for info in (ours, stored.info):
+        for field in ("experiment_id", "user_id", "status", "end_time", "lifecycle_stage", "run_name"):
+            assert getattr(info, field) == getattr(theirs, field), field
+        assert info.artifact_uri == theirs.artifact_uri.replace(theirs.run_id, ours.run_id)
+    assert stored.info.start_time == ours.start_time
+    assert stored.data.tags == client.get_run(theirs.run_id).data.tags
+    found = client.search_runs([exp_id], "tags.`bpl.role` = 'child' and attributes.status = 'RUNNING'")
+    assert {r.info.run_id for r in found} == {ours.run_id, theirs.run_id}
+    tracking.write_batch(client, ours.run_id, params=[tracking.Param("optim.lr", "0.1")],
+                         end_status="FINISHED")
+    assert client.get_run(ours.run_id).info.status == "FINISHED" and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("fault", ["table changed", "experiment deleted"])
+def test_run_creation_falls_back_to_create_run(store, monkeypatch, capsys, fault):
+    from mlflow.exceptions import MlflowException
+
+    client, _, art = store
+    exp_id = tracking.ensure_experiment(client, f"create-{fault.split()[0]}", art)
+    monkeypatch.setattr(tracking, "_WARNED", set())
+    if fault == "table changed":
+        monkeypatch.setattr(tracking, "RUNS_COLUMNS", tracking.RUNS_COLUMNS | {"workspace"})
+        info = tracking.create_run(client, exp_id, tags={"bpl.role": "child"}, run_name="n")
+        assert client.get_run(info.run_id).data.tags["bpl.role"] == "child"
+        assert capsys.readouterr().err.count("backprop-lab warning") == 1
+    else:  # MLflow's own refusal, as create_run gives it; nothing for the user to upgrade
+        client.delete_experiment(exp_id)
+        with pytest.raises(MlflowException, match="must be in the 'active' state"):
+            tracking.create_run(client, exp_id, tags={}, run_name="n")
+        assert capsys.readouterr().err == ""
+
+
 def _inputs(client, run_id):
     return [(d.dataset.to_dictionary(), [(t.key, t.value) for t in d.tags])
             for d in client.get_run(run_id).inputs.dataset_inputs]

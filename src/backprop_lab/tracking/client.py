@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import mlflow
 import numpy as np
 import sqlalchemy.exc
-from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from mlflow.entities import Metric, Param, Run, RunInfo, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.time import get_current_time_millis
@@ -99,6 +99,72 @@ def _ensure_experiment(client: MlflowClient, name: str, artifact_root: str | Non
             f"{exp.artifact_location}, which only a server can write; use tracking=server or "
             "another experiment_name")
     return exp.experiment_id
+
+
+def create_run(client: MlflowClient, experiment_id: str, *, tags: Mapping[str, str],
+               run_name: str) -> RunInfo:
+    """`client.create_run(experiment_id, tags=tags, run_name=run_name).info`, fast on SQLite.
+
+    MLflow's create_run costs ~7-9 ms of CPU a run here (the experiment loaded with its tags,
+    an ORM object per tag, the new run's inputs read back). On a SQLite store the run is ONE
+    transaction on MLflow's own tables instead (~1 ms): its `runs` row with the values
+    SqlAlchemyStore.create_run gives a new run (status RUNNING, source type UNKNOWN, user from
+    `mlflow.user` else "unknown", artifact URI `<experiment's location>/<run id>/artifacts`),
+    its tags and `mlflow.runName`. Guarded like write_batch: `RUNS_COLUMNS`, `TAGS_COLUMNS`
+    pinned; no run name, an experiment not active or another store take create_run silently;
+    any other failure rolls back and takes create_run with one warning per process. A store
+    refusing the write (full disk, locked) raises.
+    """
+    tags = {k: str(v) for k, v in tags.items()}
+    if str(client.tracking_uri).startswith("sqlite:") and run_name and "mlflow.runName" not in tags:
+        try:
+            info = _insert_run(client, experiment_id, tags, run_name)
+            if info is not None:
+                return info
+        except Exception as exc:
+            if _store_refused(exc):
+                raise
+            first_line = (str(exc).strip().splitlines() or [""])[0][:160]
+            _warn_once(f"fast creation of a run in MLflow's tables failed ({type(exc).__name__}: "
+                       f"{first_line}); creating runs with MLflow's create_run (slower); "
+                       "see docs/pipeline.md, 'Upgrading MLflow'", topic="runs")
+    return client.create_run(experiment_id, tags=tags, run_name=run_name).info
+
+
+def _insert_run(client: MlflowClient, experiment_id: str, tags: dict[str, str],
+                run_name: str) -> RunInfo | None:
+    """The new run's info; None (nothing written) when the experiment is not active."""
+    import uuid
+
+    from mlflow.store.tracking.dbmodels.models import SqlRun, SqlTag
+    from mlflow.utils.uri import append_to_uri_path
+
+    for model, table, columns in ((SqlRun, "runs", RUNS_COLUMNS), (SqlTag, "tags", TAGS_COLUMNS)):
+        if model.__tablename__ != table or set(model.__table__.c.keys()) != columns:
+            raise LookupError(f"MLflow's {model.__tablename__} table has columns "
+                              f"{sorted(model.__table__.c.keys())}, expected {sorted(columns)}")
+    engine = client._tracking_client.store.engine  # private: any failure falls back (caller)
+    run_id = uuid.uuid4().hex
+    user_id = tags.get("mlflow.user", "unknown")
+    start_time = get_current_time_millis()
+    with engine.begin() as conn:
+        experiment = conn.exec_driver_sql(
+            "SELECT artifact_location, lifecycle_stage FROM experiments WHERE experiment_id = ?",
+            (int(experiment_id),)).first()
+        if experiment is None or experiment[1] != "active":
+            return None  # MLflow's create_run says why
+        artifact_uri = append_to_uri_path(experiment[0], run_id, "artifacts")
+        conn.exec_driver_sql(
+            "INSERT INTO runs (run_uuid, name, source_type, source_name, entry_point_name, user_id, "
+            "status, start_time, end_time, deleted_time, source_version, lifecycle_stage, "
+            "artifact_uri, experiment_id) "
+            "VALUES (?, ?, 'UNKNOWN', '', '', ?, 'RUNNING', ?, NULL, NULL, '', 'active', ?, ?)",
+            (run_id, run_name, user_id, start_time, artifact_uri, int(experiment_id)))
+        conn.exec_driver_sql("INSERT INTO tags (key, value, run_uuid) VALUES (?, ?, ?)",
+                             [(k, v, run_id) for k, v in {**tags, "mlflow.runName": run_name}.items()])
+    return RunInfo(run_id=run_id, experiment_id=str(experiment_id), user_id=user_id,
+                   status="RUNNING", start_time=start_time, end_time=None,
+                   lifecycle_stage="active", artifact_uri=artifact_uri, run_name=run_name)
 
 
 def _quote(value: str) -> str:

@@ -166,7 +166,7 @@ def run(cfg: Any, job: JobContext | None = None, *, out=None, parent_id: str | N
             **tracking.environment_tags(),
             **(tags or {}),
         }
-        mlflow_run = client.create_run(experiment_id, tags=run_tags, run_name=name)
+        info = tracking.create_run(client, experiment_id, tags=run_tags, run_name=name)
     except UserError as exc:
         if not multirun:
             raise
@@ -176,10 +176,10 @@ def run(cfg: Any, job: JobContext | None = None, *, out=None, parent_id: str | N
             raise UserError(f"tracking store: {_one_line(exc)}") from None
         return failed(f"tracking store: {_one_line(exc)}")
 
-    run_id = mlflow_run.info.run_id
+    run_id = info.run_id
     try:
         with _blas_threads(rc.blas_threads):
-            result = record.train_and_log(client, mlflow_run.info, rc, job.overrides, t0, on_epoch)
+            result = record.train_and_log(client, info, rc, job.overrides, t0, on_epoch)
     except KeyboardInterrupt:
         _end_failed(client, run_id, status="KILLED")
         raise
