@@ -306,3 +306,37 @@ def test_lean_run_job_writes_and_returns_what_hydras_run_job_does(tmp_path):
             assert moved.working_dir == str(job_dir) and Path.cwd() != job_dir  # Hydra's: cd, then back
     finally:
         GlobalHydra.instance().clear()
+
+
+AWKWARD = ["", " lead", "trail ", "1", "1.5", "true", "null", "~", "a: b", "#c", "- d", "'q'", '"dq"',
+           "${x}", "\\${escaped}", "???", "line\nbreak", "two\n\nbreaks\n", "tab\there", "\x85next",
+           "\u2028sep", "caf\u00e9", "\U0001f600 outside the BMP", "{flow}", "[list]", "@at", "`tick`",
+           "word " * 30, "x" * 130, "long, quoted: " + "y " * 60, "%pct", "!bang", "*star", "&amp",
+           "end\n", "  indented\n  block\n", "\x00nul", "back\\slash"]
+
+
+def test_yaml_of_a_config_emitted_by_entries_is_omegaconfs():
+    """job.to_yaml (each top-level entry, or the hydra node's, emitted once per distinct value)
+    gives OmegaConf.to_yaml's text, on awkward strings (quoting, folding, block scalars, escapes,
+    characters outside the BMP) and values, from its cache too and with one entry changed."""
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.backprop_lab_launcher import job as lean_job
+
+    entries = {f"s{i}": text for i, text in enumerate(AWKWARD)}
+    entries.update({"n": None, "i": 3, "f": 1e-08, "nan": float("nan"), "inf": float("-inf"), "b": False,
+                    "empty_dict": {}, "empty_list": [], "nested": {"a": [1, {"b": AWKWARD[:8]}, []],
+                                                                   "c": {"d": {"e": "word " * 30}}},
+                    "list": [AWKWARD, {"k": "v"}, None], "'quoted key'": 1, "key with spaces": "v"})
+    lean_job._YAML_PARTS.clear()
+    for shape in (entries, {"hydra": entries}):
+        for changed in (None, None, "s5", "nested"):  # first, then from the cache, then one entry new
+            if changed:
+                shape_entries = shape.get("hydra", shape)
+                shape_entries[changed] = f"changed {changed}"
+            cfg = OmegaConf.create(shape)
+            assert lean_job.to_yaml(cfg) == OmegaConf.to_yaml(cfg)
+    assert lean_job._YAML_PARTS  # the entries were kept
+    for whole in ({}, {"hydra": {}}, {"hydra": {"a": 1}, "task": 2}, ["a list"]):
+        cfg = OmegaConf.create(whole)
+        assert lean_job.to_yaml(cfg) == OmegaConf.to_yaml(cfg)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,65 @@ def _save_config(cfg: Any, filename: str, output_dir: Path) -> None:
     """hydra.core.utils._save_config (private there): the same file, byte for byte."""
     output_dir.mkdir(parents=True, exist_ok=True)
     with open(str(output_dir / filename), "w", encoding="utf-8") as file:
-        file.write(OmegaConf.to_yaml(cfg))
+        file.write(to_yaml(cfg))
+
+
+#: The YAML of one entry of a config, by the repr of (where, key, value): see to_yaml.
+_YAML_PARTS: OrderedDict[str, str] = OrderedDict()
+YAML_PARTS_MAX = 512
+
+
+def to_yaml(cfg: Any) -> str:
+    """`OmegaConf.to_yaml(cfg)`, the same text, with each entry of the top-level mapping (of the
+    `hydra` node's mapping when that is the only key, as in HydraConfig's copy) emitted once per
+    distinct value in this process.
+
+    PyYAML's pure-Python emitter is most of what a job's `.hydra/` files cost (~7 ms for
+    hydra.yaml here), and a sweep's jobs differ in a few entries only (`hydra.job`,
+    `hydra.runtime`, `hydra.overrides`; `model`, `optim`, `seed`). In a block mapping each entry
+    is emitted on lines of its own, from a new line at the mapping's indentation, so the whole
+    text is the entries' texts one after the other: each entry's text is cut from the document of
+    that entry alone under the same parent keys. Kept by the repr of its plain value (str, int,
+    float, bool, None, lists and str-keyed dicts of them: equal reprs, equal YAML); a config with
+    any other value, or an empty one, is emitted whole. tests/test_launcher.py compares both.
+    """
+    container = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+    if isinstance(container, dict) and container and _plain(container):
+        path, entries = (), container
+        if list(container) == ["hydra"] and isinstance(container["hydra"], dict) and container["hydra"]:
+            path, entries = ("hydra",), container["hydra"]
+        parts = [_yaml_part(path, key, value) for key, value in entries.items()]
+        if None not in parts:
+            return "".join(f"{'  ' * depth}{name}:\n" for depth, name in enumerate(path)) + "".join(parts)
+    return OmegaConf.to_yaml(cfg)
+
+
+def _yaml_part(path: tuple[str, ...], key: str, value: Any) -> str | None:
+    memo = repr((path, key, value))
+    text = _YAML_PARTS.get(memo)
+    if text is None:
+        document = {key: value}
+        for name in reversed(path):
+            document = {name: document}
+        header = "".join(f"{'  ' * depth}{name}:\n" for depth, name in enumerate(path))
+        text = OmegaConf.to_yaml(OmegaConf.create(document))  # plain values: the same container
+        if not text.startswith(header):
+            return None
+        text = text[len(header):]
+        if len(_YAML_PARTS) >= YAML_PARTS_MAX:
+            _YAML_PARTS.popitem(last=False)
+        _YAML_PARTS[memo] = text
+    else:
+        _YAML_PARTS.move_to_end(memo)
+    return text
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(type(k) is str and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or type(value) in (str, int, float, bool)
 
 
 def _flush_loggers() -> None:
