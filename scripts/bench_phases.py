@@ -14,6 +14,12 @@ The jobs: lr {0.1, 1.0} x width {2, 16, 64} x init {he, normal} of the default p
   run.run   the job's task: tracking.run.run (validate, store, compute, figures, MLflow)
   compute   the same configs through core.compute alone (the compute floor's part)
 run.run - compute is what tracking and figures cost.
+Then each guarded fast path a job takes beside the public call it stands for, alternated on one
+store (thread CPU time, median of the jobs): the run's creation (MlflowClient.create_run), its
+dataset input (log_inputs), its end with its last batch (write_batch + set_terminated) and its
+three .hydra/ files (OmegaConf.to_yaml). Pairs measured side by side move together with the
+machine's load, so they show a saving where run.run - compute (a difference of two noisy
+figures) does not.
 """
 
 from __future__ import annotations
@@ -121,6 +127,7 @@ def main() -> None:
                 for rc in configs:
                     compute.compute_run(rc)
                 t_compute = (cpu() - t) / len(jobs)
+                paths = _fast_paths(composed[0], rets, len(jobs))
     ms = 1000.0
     print(f"per job, CPU ms ({len(jobs)} jobs x {args.epochs} epochs, warm, one process):")
     print(f"  plan {t_plan * ms:.0f} (the whole way: {t_plan_whole * ms:.0f})"
@@ -130,6 +137,74 @@ def main() -> None:
           f"{(t_run - t_compute) * ms:.0f}")
     overhead = t_plan + t_compose + t_run_job + t_run - t_compute
     print(f"  overhead / compute = {overhead / t_compute:.2f} (target of issue 14: <= 0.30)")
+    print("guarded fast paths, CPU ms per job (median of the jobs; the public way beside):")
+    print("  " + "   ".join(f"{name} {fast * ms:.1f} ({public * ms:.1f})" for name, (fast, public)
+                            in paths.items()))
+
+
+def _fast_paths(task_cfg, rets, n: int) -> dict[str, tuple[float, float]]:
+    """(fast, public) median CPU seconds per job of each guarded fast path a job takes, each
+    beside the public call it stands for, alternated on one store: the run's creation
+    (create_run), its dataset input (log_inputs), its end with the last batch (write_batch +
+    set_terminated), and its .hydra/ YAML files (OmegaConf.to_yaml)."""
+    import statistics
+
+    from mlflow.data.numpy_dataset import from_numpy
+    from mlflow.entities import DatasetInput, InputTag
+    from omegaconf import OmegaConf
+
+    from backprop_lab.config.schema import validate
+    from backprop_lab.core import compute
+    from backprop_lab.tracking import client as tracking
+    from backprop_lab.tracking import store
+    from hydra_plugins.backprop_lab_launcher import job as lean_job
+
+    rc = validate(task_cfg)
+    client = tracking.prepare_store(*store.resolve_tracking(rc))
+    experiment_id = tracking.ensure_experiment(client, "bench/paths", store.resolve_tracking(rc)[1])
+    dataset = compute.dataset_for(rc)
+    tags = {"bpl.role": "child", **tracking.environment_tags()}
+    final = [tracking.Metric(f"final/m{i}", 0.5, 1, 0) for i in range(30)]
+    cpu = time.thread_time
+    times: dict[str, tuple[list[float], list[float]]] = {
+        k: ([], []) for k in ("create_run", "dataset input", "end + last batch", ".hydra YAML")}
+
+    def timed(path: str, fast: bool, fn, *args, **kwargs):
+        t = cpu()
+        out = fn(*args, **kwargs)
+        times[path][0 if fast else 1].append(cpu() - t)
+        return out
+
+    def public_input(run_id):
+        ds = from_numpy(dataset.X_train, targets=dataset.y_train, name="train",
+                        source=tracking._LOCAL_SOURCE())
+        entity = DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "train")])
+        client.log_inputs(run_id, datasets=[entity])
+
+    def public_end(run_id):
+        tracking.write_batch(client, run_id, metrics=final, tags={"bpl.status": "finished"})
+        client.set_terminated(run_id, "FINISHED")
+
+    def yaml_files(to_yaml, files):
+        return [to_yaml(c) for c in files]
+
+    public_input(client.create_run(experiment_id).info.run_id)  # the experiment holds the dataset
+    for k in range(n):
+        fast = timed("create_run", True, tracking.create_run, client, experiment_id, tags=tags,
+                     run_name=f"job {k}").run_id
+        public = timed("create_run", False, client.create_run, experiment_id, tags=tags,
+                       run_name=f"job {k}").info.run_id
+        timed("dataset input", True, tracking.log_dataset, client, fast, dataset.X_train,
+              dataset.y_train, name="train", context="train")
+        timed("dataset input", False, public_input, public)
+        timed("end + last batch", True, tracking.write_batch, client, fast, metrics=final,
+              tags={"bpl.status": "finished"}, end_status="FINISHED")
+        timed("end + last batch", False, public_end, public)
+    for ret in rets:  # a job's three files, from the configs the jobs of the bench ran with
+        files = (ret.cfg, ret.hydra_cfg, ret.hydra_cfg.hydra.overrides.task)
+        timed(".hydra YAML", True, yaml_files, lean_job.to_yaml, files)
+        timed(".hydra YAML", False, yaml_files, OmegaConf.to_yaml, files)
+    return {k: (statistics.median(fast), statistics.median(public)) for k, (fast, public) in times.items()}
 
 if __name__ == "__main__":
     main()
