@@ -241,6 +241,10 @@ def test_reproduce_unknown_run_one_line_nonzero_store_untouched(tmp_path, capsys
     # An existing store with real runs (the session's tiny sweep), so the unknown id is the only problem.
     assert tiny_sweep.returncode == 0, tiny_sweep.stderr[-2000:]
     db = tiny_sweep.root / "mlflow.db"
+    # The sweep's driver exits without the final garbage collections (store.exit_quickly): it
+    # closed its SQLite connections first, so the WAL was merged into mlflow.db and removed.
+    wal = db.with_name("mlflow.db-wal")
+    assert not wal.exists() or wal.stat().st_size == 0, f"{wal}: {wal.stat().st_size} bytes left unmerged"
     digest = hashlib.sha256(db.read_bytes()).hexdigest()
     result = _reproduce(tiny_sweep.root, "0123456789abcdef0123456789abcdef")
     assert result.returncode == 2
@@ -267,3 +271,17 @@ def _reproduce_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_closing_the_engines_merges_the_wal_of_an_open_store(empty_store, tmp_path):
+    # What store.exit_quickly does before gc.freeze(): with the store's connections left to
+    # the final collections (which gc.freeze skips) the WAL stayed beside mlflow.db (2f10d18).
+    from backprop_lab.tracking import store
+
+    client = store.prepare_store(empty_store, str(tmp_path / "art"))
+    client.create_run(client.get_experiment_by_name("Default").experiment_id)
+    wal = tmp_path / "mlflow.db-wal"
+    assert wal.exists() and wal.stat().st_size > 0  # a write sits in the WAL, the engine is open
+    assert store.close_engines() >= 1
+    assert not wal.exists() or wal.stat().st_size == 0
+    assert len(client.search_runs(["0"])) == 1  # the engine reopens on its next use

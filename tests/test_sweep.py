@@ -485,3 +485,33 @@ def test_no_room_for_the_reserve_is_one_line_and_leaves_nothing(tmp_path, monkey
             pass
     assert "no room for the sweep's 1 MiB reserve" in str(err.value) and "\n" not in str(err.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_summary_figure_is_drawn_in_a_forked_child_or_here_when_the_child_fails(tmp_path):
+    # sweep.owner.finish draws the summary figure on the idle core: report.draw_aside.
+    from matplotlib.figure import Figure
+
+    from backprop_lab.sweep import report
+
+    me = os.getpid()
+
+    def figure(fail_in_child: bool):
+        def make():
+            if fail_in_child and os.getpid() != me:
+                raise RuntimeError("child fails")
+            (tmp_path / f"drawn-by-{os.getpid()}").touch()
+            return Figure(figsize=(1, 1))
+        return make
+
+    report.draw_aside(figure(False), tmp_path / "a.png")()
+    assert (tmp_path / "a.png").read_bytes().startswith(b"\x89PNG")
+    [drawer] = [int(p.name.rsplit("-", 1)[1]) for p in tmp_path.glob("drawn-by-*")]
+    assert drawer != me  # a child drew it
+    for p in tmp_path.glob("drawn-by-*"):
+        p.unlink()
+
+    report.draw_aside(figure(True), tmp_path / "b.png")()  # the child failed: drawn here instead
+    assert (tmp_path / "b.png").read_bytes().startswith(b"\x89PNG")
+    assert [p.name for p in tmp_path.glob("drawn-by-*")] == [f"drawn-by-{me}"]
+    report.draw_aside(lambda: None, tmp_path / "c.png")()  # no figure (no finished run): no file
+    assert not (tmp_path / "c.png").exists()

@@ -30,8 +30,10 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -216,23 +218,28 @@ class Sweep:
         keys = sweep_jobs.swept_labels(jobs)
         per = summary.preset_per(jobs[0].run_config.sweep)
         rep = report.Report(report.frame(jobs, rows, keys), keys, per, f"sweep {preset}")
-        counts = {s: sum(r.status == s for r in rows) for s in report.STATUSES}
-        self.say(f"sweep {preset}: {len(rows)} jobs: {', '.join(f'{n} {s}' for s, n in counts.items())}"
-                 f" ({seconds:.0f} s)")
-        self.say(rep.text())
-        best = rep.best()
+        with tempfile.TemporaryDirectory(prefix="bpl-sweep-") as tmp:
+            folder = Path(tmp)
+            # The summary figure on the other core (a forked child) while this one writes the rest.
+            summary_drawn = report.draw_aside(rep.summary_figure, folder / "summary.png")
+            counts = {s: sum(r.status == s for r in rows) for s in report.STATUSES}
+            self.say(f"sweep {preset}: {len(rows)} jobs: {', '.join(f'{n} {s}' for s, n in counts.items())}"
+                     f" ({seconds:.0f} s)")
+            self.say(rep.text())
+            best = rep.best()
+            note = rep.note(store.experiment_id)
+            (folder / "children.csv").write_text(rep.children_csv(), encoding="utf-8")
+            report.save_png(rep.gallery_figure(rows), folder / "gallery.png")
+            summary_drawn()
 
-        client = store.client
-        # A job whose store failed while it ended its run (a full disk) left it RUNNING.
-        _end_running_children(store, parent_id, "FAILED")
-        client.log_text(parent_id, rep.children_csv(), "sweep/children.csv")
-        for name, figure in (("summary", rep.summary_figure()), ("gallery", rep.gallery_figure(rows))):
-            if figure is not None:
-                client.log_figure(parent_id, figure, f"sweep/{name}.png")
+            client = store.client
+            # A job whose store failed while it ended its run (a full disk) left it RUNNING.
+            _end_running_children(store, parent_id, "FAILED")
+            client.log_artifacts(parent_id, tmp, "sweep")  # children.csv, summary.png, gallery.png
         now = int(time.time() * 1000)
         metrics = {f"sweep/n_{s}": float(n) for s, n in counts.items()}
         metrics["sweep/n_jobs"] = float(len(rows))
-        tags = {"mlflow.note.content": rep.note(store.experiment_id)}
+        tags = {"mlflow.note.content": note}
         if best is not None:
             metrics["sweep/best_test_acc"] = rep.best_run_acc(best)
             metrics["sweep/best_mean_test_acc"] = float(best["mean"])
