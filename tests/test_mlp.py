@@ -95,7 +95,8 @@ def test_fused_path_equals_plain_path(act, dtype, block_bytes, monkeypatch):
         np.testing.assert_allclose(grads2[k], grads[k], rtol=tol, atol=tol * 1e-2, err_msg=k)
     np.testing.assert_allclose(ws.logits, model.forward(params, X)[0], rtol=tol, atol=tol)
     for layer, A in enumerate(_hidden_activations(model, params, X), start=1):
-        np.testing.assert_allclose(ws.unit_max[layer], A.max(axis=0), rtol=tol, atol=tol)
+        level = A.sum(axis=0) if act == "relu" else A.max(axis=0)
+        np.testing.assert_allclose(ws.unit_level[layer], level, rtol=tol, atol=tol)
     # The same call again is bit-identical (buffers are reused, not accumulated into).
     loss3, grads3 = model.loss_and_grads(params, X, y, ws)
     assert loss3 == loss2
@@ -119,6 +120,21 @@ def test_workspace_gradients_are_views_of_one_flat_buffer():
     assert list(grads) == model.param_names == list(model.param_shapes)
     np.testing.assert_array_equal(ws.grad_flat, np.concatenate([grads[k].ravel() for k in grads]))
     assert all(g.base is ws.grad_flat and g.shape == params[k].shape for k, g in grads.items())
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky_relu"])
+@pytest.mark.parametrize("rows", [5, 37])
+def test_unit_level_finds_exactly_the_dead_units(act, rows):
+    # relu: a column sum; leaky_relu: a column max; both > 0 exactly where the max activation is.
+    model, params, X, y = setup((3, 6, 4, 1), act, n=37, dtype=np.float64)
+    params["b1"][[0, 3]] = -1e3  # dead: no row activates them
+    params["b2"][1] = -1e3
+    params["b1"][4] = -(X @ params["W1"][:, 4]).max() + 1e-9  # barely alive: one row, by 1e-9
+    ws = model.workspace(37, np.float64, rows=rows)
+    model.loss_and_grads(params, X, y, ws, track_units=True)
+    for layer, A in enumerate(_hidden_activations(model, params, X), start=1):
+        assert np.array_equal(ws.unit_level[layer] <= 0, A.max(axis=0) <= 0), layer
+    assert (ws.unit_level[1] <= 0).tolist() == [True, False, False, True, False, False]
 
 
 @pytest.mark.parametrize("rows", [1, 5, 19, 37, 100])

@@ -45,9 +45,11 @@ def train_reference(model, params, dataset, optimizer, *, epochs, rng, log_every
                 break
             if is_log:
                 m = {"train/loss": loss, "train/acc": _acc(ws.logits, tr.y)}
-                if track_dead:
+                if track_dead:  # from the activations themselves (one block: ws.a holds them all)
+                    assert ws.rows >= ws.n
                     for layer in range(1, L):
-                        m[f"dead_relu/layer{layer}"] = _fraction(ws.unit_max[layer] <= 0)
+                        dead = ws.a[layer][:ws.n].max(axis=0) <= 0
+                        m[f"dead_relu/layer{layer}"] = _fraction(dead)
                 for k in W_names:
                     m[f"grad_norm/{k}"] = _norm(grads[k])
                     np.copyto(W_before[k], params[k])

@@ -59,8 +59,10 @@ class Workspace:
 
     After ``loss_and_grads(..., ws)``: ``ws.logits: (n,)``, ``ws.grads`` (same names and shapes as
     the params, views of the one buffer ``ws.grad_flat`` in ``model.param_names`` order;
-    overwritten by the next call) and, with ``track_units=True``, ``ws.unit_max[l]: (H_l,)`` =
-    the largest activation of every hidden unit over the batch.
+    overwritten by the next call) and, with ``track_units=True``, ``ws.unit_level[l]: (H_l,)``,
+    > 0 exactly for the hidden units that some row of the batch activates (> 0): for relu the
+    sum of the unit's activations (all >= 0, so the sum is > 0 iff one of them is; one BLAS
+    call), for the other activations their max (NaN stays NaN either way).
     """
 
     def __init__(self, model: MLP, n: int, dtype=np.float64, rows: int | None = None):
@@ -73,7 +75,7 @@ class Workspace:
         r, hidden = self.rows, range(1, model.n_layers)
         self.a = {l: np.empty((r, sizes[l]), self.dtype) for l in hidden}  # activations of a block
         self.da = {l: np.empty((r, sizes[l]), self.dtype) for l in hidden}  # their gradients
-        self.unit_max = {l: np.empty(sizes[l], self.dtype) for l in hidden}
+        self.unit_level = {l: np.empty(sizes[l], self.dtype) for l in hidden}
         self.logits = np.empty(self.n, self.dtype)
         self.dz, self.e, self.ones = np.empty(r, self.dtype), np.empty(r, self.dtype), np.ones(r, self.dtype)
         self.scratch = np.empty(r, self.dtype)
@@ -207,11 +209,17 @@ class MLP:
                 A, cache = act_fwd(Z, out=Z)
                 acts.append(A)
                 act_caches.append(cache)
-                if track_units:  # the max is exact: the same whatever the order or the blocks
-                    if s:
-                        np.maximum(ws.unit_max[l], np.maximum.reduce(A, axis=0), out=ws.unit_max[l])
+                if track_units:  # see Workspace: only whether each entry is > 0 is meant
+                    level = ws.unit_level[l]
+                    if self.activation == "relu":  # a column sum is one gemv; max(axis=0) ~10x that
+                        if s:
+                            level += np.dot(ws.ones[:m], A)
+                        else:
+                            np.dot(ws.ones[:m], A, out=level)  # (H_l,)
+                    elif s:
+                        np.maximum(level, np.maximum.reduce(A, axis=0), out=level)
                     else:
-                        np.maximum.reduce(A, axis=0, out=ws.unit_max[l])
+                        np.maximum.reduce(A, axis=0, out=level)
             z = ws.logits[s:s + m]
             np.dot(acts[-1], w_out, out=z)  # (m,)
             z += b[L]

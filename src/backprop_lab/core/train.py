@@ -308,7 +308,7 @@ def train(model, params, dataset, optimizer, *, epochs, rng, log_every=1, callba
                 for w, du in zip(w_norms, map(_norm, W_before), strict=True):
                     vals.append(0.0 if du == 0 else du / max(w, _TINY))
                 for l in hidden:  # a unit is dead when no training sample activates it
-                    vals.append(_fraction(ws.unit_max[l] <= 0))
+                    vals.append(_fraction(ws.unit_level[l] <= 0))
                 if not all(map(math.isfinite, vals)):  # only near float64's limit
                     status, diverged_epoch = "diverged", epoch
                     break
