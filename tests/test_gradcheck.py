@@ -246,3 +246,23 @@ def test_fused_path_check_catches_a_bug_the_plain_path_does_not_have(moons, monk
     fused = check_gradients(model, params, X, y, path="fused")
     assert not fused.passed and set(fused.failed_params()) == set(params)
     assert 1e-3 < fused.max_rel_error < 1e-2  # ~0.01 / 2: a 1 % error in every gradient
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", "tanh"])
+def test_kink_probe_reads_the_loss_pass_as_the_separate_pass_would(act):
+    # loss_and_crossed: one forward pass for the loss and the kink pattern (A > 0 where Z > 0),
+    # the same loss bits and the same answer as model.loss + a preactivations pass.
+    from backprop_lab.core.gradcheck import _KinkProbe
+
+    rng = make_rng(5, "test")
+    model = MLP((2, 7, 5, 1), act)
+    params = model.init_params("he", rng)
+    X, y = rng.standard_normal((40, 2)), (rng.random(40) > 0.5).astype(float)
+    probe = _KinkProbe(model, params, X)
+    answers = []
+    for scale in (0.0, 1e-9, 1e-3, 0.3, 3.0):
+        moved = {k: v + scale * rng.standard_normal(v.shape) for k, v in params.items()}
+        loss, crossed = probe.loss_and_crossed(moved, y)
+        assert loss == model.loss(moved, X, y) and crossed == probe.crossed(moved)
+        answers.append(crossed)
+    assert answers[0] is False and (answers[-1] is True) == (act != "tanh")  # tanh has no kinks
