@@ -234,7 +234,9 @@ def test_sweep_overview_names_the_runs_that_really_diverged(store, executed):
 
     # The ranking counts the all-diverged configurations and never averages them.
     ranking = _cell_text(nb, "summary.answer(")
-    lost = [line for line in ranking.splitlines() if f"lr={DIVERGING_LR}" in line]
+    from backprop_lab.analysis.summary import format_value
+
+    lost = [line for line in ranking.splitlines() if f"lr={format_value(DIVERGING_LR)}" in line]  # lr=1e+10
     assert len(lost) == len(DEFAULT_GRID["init"]) * len(DEFAULT_GRID["model.width"])
     assert all("n/a (n=0)" in line and re.search(r"\s2\s+0$", line) for line in lost), lost
     conclusion = _cell_text(nb, "note_markdown")
