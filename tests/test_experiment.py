@@ -172,6 +172,44 @@ def test_sweep_job_reads_parent_and_name_from_its_config_not_as_params(make_cfg,
     assert capsys.readouterr().out.startswith("[2/5] lr=0.3 init=xavier")
 
 
+def test_a_job_logs_the_compute_its_sweep_did_ahead_and_computes_itself_without_it(make_cfg, tmp_path):
+    """sweep.computed names a file of tracking.record.save_computed: the job logs that compute (its
+    time/train_s is the file's), the same params and history as computing itself; a file of
+    another config, a truncated one or none: the job computes (its own time/train_s)."""
+    from backprop_lab.tracking import client as tracking
+    from backprop_lab.tracking import record
+
+    overrides = ("init=xavier", "optim.lr=0.3", "+sweep=default")
+    rc = C.validate(make_cfg(*overrides))
+    key = C.config_key(rc)
+    uri, art = tracking.resolve_tracking(rc)
+    client = tracking.prepare_store(uri, art)
+    parent = client.create_run(tracking.ensure_experiment(client, rc.experiment_name, art), tags={})
+    computed = record.compute_ahead(rc)
+    computed.outcome.scalars["time/train_s"] = 1234.5  # which compute the run logged
+    record.save_computed(tmp_path / "ahead.pkl", key, computed)
+    record.save_computed(tmp_path / "other.pkl", "another-config-key", computed)
+    (tmp_path / "cut.pkl").write_bytes((tmp_path / "ahead.pkl").read_bytes()[:100])
+    logged = {}
+    for k, name in enumerate(("ahead.pkl", "other.pkl", "cut.pkl", "missing.pkl")):
+        sweep = SweepJob(parent.info.run_id, f"job {k}", k + 1, 4, 0.0, str(tmp_path / name))
+        summary = experiment.run(make_cfg(*overrides, "force=true", *sweep.overrides()),
+                                 JobContext("multirun", overrides))
+        assert summary.status == "finished", summary.error
+        run = client.get_run(summary.run_id)
+        assert "sweep.computed" not in run.data.params and run.data.tags["bpl.config_key"] == key
+        params = client.download_artifacts(summary.run_id, "params.npz", str(tmp_path / name[:-4]))
+        with np.load(params) as stored:
+            weights = {p: stored[p] for p in stored.files}
+        history = [(m.step, m.value) for m in client.get_metric_history(summary.run_id, "train/loss")]
+        logged[name] = (run.data.metrics["time/train_s"], weights, history)
+    assert logged["ahead.pkl"][0] == 1234.5
+    assert all(logged[name][0] != 1234.5 for name in ("other.pkl", "cut.pkl", "missing.pkl"))
+    for name in ("other.pkl", "cut.pkl", "missing.pkl"):
+        assert logged[name][2] == logged["ahead.pkl"][2] and len(logged[name][2]) == EPOCHS
+        assert all(np.array_equal(logged[name][1][p], w) for p, w in logged["ahead.pkl"][1].items())
+
+
 def test_store_failing_in_create_run_is_one_failed_job(make_cfg, tmp_path, monkeypatch, capsys):
     """A full disk (or any store error) while creating the run: the job ends failed with one line,
     whichever way the run is created (MLflow's create_run, or the SQL path that refuses to fall
@@ -243,7 +281,7 @@ def test_blas_threads_limit_the_run_and_are_not_part_of_its_identity(make_cfg):
     from backprop_lab.config.schema import config_key, validate
 
     before = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
-    with experiment._blas_threads(1):
+    with experiment.blas_threads(1):
         assert {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"} == {1}
     assert [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"] == before
     one, default = validate(make_cfg("blas_threads=1")), validate(make_cfg("blas_threads=null"))

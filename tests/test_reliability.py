@@ -136,8 +136,18 @@ def test_parallel_workers_on_a_fresh_store_bit_identical_to_one_process_and_repr
     done = sweep_in_process(*GRID, "model.width=2", "hydra.launcher.n_jobs=1", *store_args(tmp_path / "one"))
     assert [s.status for s in done] == ["finished"] * 2, done
     (tmp_path / "forked").mkdir()
-    forked = run_sweep(tmp_path / "forked", *GRID, "model.width=2", "hydra.launcher.n_jobs=2")
+    (tmp_path / "forked" / "tmp").mkdir()  # the sweep's temporary files (TMPDIR): none left after it
+    forked = run_sweep(tmp_path / "forked", *GRID, "model.width=2", "hydra.launcher.n_jobs=2",
+                       env={**ENV, "TMPDIR": str(tmp_path / "forked" / "tmp")})
     assert forked.returncode == 0, forked.stderr[-2000:]
+    assert not any((tmp_path / "forked" / "tmp").iterdir())
+    # Which path ran: the forked sweep's jobs were computed ahead while its driver started
+    # (sweep/ahead.py names the file in the job's config), joblib's were not (its jobs may run
+    # elsewhere): comparing the two compares a logged compute-ahead with a run's own compute.
+    def ahead(folder: Path) -> int:
+        jobs = folder.glob("multirun/*/.hydra/overrides.yaml")
+        return sum("sweep.computed=" in f.read_text() for f in jobs)
+    assert ahead(tmp_path / "forked") >= 1 and ahead(tmp_path / "attempt0") == 0
     ca, one = _by_key(tmp_path / "one", "backprop-lab/default")
     assert len(one) == 2 and set(one) <= set(joblib)
     for other in ("forked", "joblib"):

@@ -32,10 +32,12 @@ def store_args(tmp_path: Path) -> list[str]:
             f"hydra.sweep.dir={tmp_path / 'multirun'}"]
 
 
-def run_sweep(tmp_path: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_sweep(tmp_path: Path, *args: str, timeout: float = 600, env: dict | None = None
+              ) -> subprocess.CompletedProcess:
     """The real command line of `make sweep`, into tmp_path."""
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--multirun", *args, *store_args(tmp_path)]
-    return subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=tmp_path, env=env or ENV, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def client_for(tmp_path: Path):
@@ -261,7 +263,7 @@ def test_tiny_sweep_terminal_one_line_per_run_then_a_compact_summary(tiny_sweep)
     lines = tiny_sweep.stdout.splitlines()
     run_lines = [ln for ln in lines if re.match(r"\[\d/8\] ", ln)]
     # One line per run as it ends (in any order: the default launcher runs one job per core).
-    assert sorted(ln[:5] for ln in run_lines) == [f"[{k}/8]" for k in range(1, 9)]
+    assert sorted(ln[:5] for ln in run_lines) == [f"[{k}/8]" for k in range(1, 9)], tiny_sweep.stdout
     assert all(re.search(r"~\d+:\d\d left$", ln) for ln in run_lines), run_lines
     assert lines[0].startswith("sweep default: 8 jobs, 0 already finished -> will be skipped; new parent")
     end = lines.index(next(ln for ln in lines if ln.startswith("sweep default: 8 jobs: ")))

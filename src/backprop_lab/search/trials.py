@@ -185,5 +185,7 @@ def _earlier_runs(plan: Plan, numbers: list[int]) -> dict[int, Any]:
 
 def _line(plan: Plan, study: Any, trial: Any, label: str, what: str, t0: float, out) -> None:
     k = counted(study.get_trials(deepcopy=False))
-    print(f"[{k}/{plan.search.trials}] trial {trial.number} {label}: {what} "
-          f"({time.perf_counter() - t0:.1f}s)", file=out, flush=True)
+    # One write per line: the workers share the terminal (see tracking.run.print_line).
+    out.write(f"[{k}/{plan.search.trials}] trial {trial.number} {label}: {what} "
+              f"({time.perf_counter() - t0:.1f}s)\n")
+    out.flush()

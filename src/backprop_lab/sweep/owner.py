@@ -39,8 +39,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from backprop_lab.config.schema import UserError
+from backprop_lab.sweep import ahead, lock
 from backprop_lab.sweep import jobs as sweep_jobs
-from backprop_lab.sweep import lock
 from backprop_lab.sweep.jobs import Job, SweepError
 from backprop_lab.tracking.run import RunSummary, SweepJob, print_line
 
@@ -59,9 +59,12 @@ class Sweep:
     """One multirun: the sweeper's config, launcher and settings, and the sweep's state."""
 
     def __init__(self, config: DictConfig, launcher: Any, loader: Any, *, params: dict | None = None,
-                 max_batch_size: int | None = None, dry_run: bool = False, out=None) -> None:
+                 max_batch_size: int | None = None, dry_run: bool = False, compute_ahead: bool = False,
+                 out=None) -> None:
         self.config, self.launcher, self.loader = config, launcher, loader
         self.params, self.max_batch_size, self.dry_run = params, max_batch_size, dry_run
+        self.compute_ahead = compute_ahead
+        self.ahead: ahead.Ahead | None = None  # the first jobs' compute, while the driver starts
         self.out = out or sys.stdout
         # Composes every job up front; the launcher gets it too when it takes one (`use_composer`):
         # its forked workers then inherit the config bases the plan composed (~0.1-0.3 s each).
@@ -82,8 +85,10 @@ class Sweep:
         preset = _preset(self.config, jobs[0].run_config)
         if self.dry_run:
             return self.dry(jobs, preset)
-        store = self.open_store(jobs[0].run_config)
+        if self.compute_ahead:  # before MLflow's import: the driver holds no store connection yet
+            self.ahead = ahead.start(jobs, self.launcher)
         try:
+            store = self.open_store(jobs[0].run_config)
             with lock.hold(store.client, store.uri, store.experiment_id,
                            jobs[0].run_config.experiment_name) as held:
                 return self.owned(store, jobs, preset, held)
@@ -93,6 +98,9 @@ class Sweep:
             _exit(str(exc), 1)
         except KeyboardInterrupt:  # before the parent existed, or while it was being created
             _exit(INTERRUPTED, 130)
+        finally:
+            if self.ahead is not None:
+                self.ahead.close()
 
     def open_store(self, rc: Any) -> Store:
         from backprop_lab.tracking import client as tracking
@@ -182,11 +190,13 @@ class Sweep:
         use_composer = getattr(self.launcher, "use_composer", None)  # the project's launcher
         if use_composer is not None:
             use_composer(self.composer)
+        computed = self.ahead.stop() if self.ahead is not None else {}  # config key -> its file
         size = self.max_batch_size or len(todo) or 1
         returned: dict[int, RunSummary] = {}
         for start in range(0, len(todo), size):
             batch = todo[start:start + size]
-            told = [SweepJob(parent_id, job.name, start + k, len(todo), started)
+            told = [SweepJob(parent_id, job.name, start + k, len(todo), started,
+                             computed.get(job.config_key, ""))
                     for k, job in enumerate(batch, 1)]
             overrides = [[*job.overrides, *sj.overrides()] for job, sj in zip(batch, told, strict=True)]
             results = self.launcher.launch(overrides, initial_job_idx=start)

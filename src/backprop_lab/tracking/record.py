@@ -16,11 +16,13 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
+import pickle
 import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -57,11 +59,59 @@ def logged_history(history: dict[str, np.ndarray], points: int | None = None) ->
     return {k: np.asarray(v)[rows] for k, v in history.items()}
 
 
-def train_and_log(client, info, rc: RunConfig, overrides, t0: float, on_epoch=None) -> Recorded:
+@dataclass
+class Computed:
+    """A run's compute done ahead of its logging (`compute_ahead`): what `compute.compute` returned
+    and the parameters at each snapshot epoch, for `train_and_log` to log as if computed there."""
+
+    outcome: Any  # compute.Outcome
+    snapshots: list[tuple[int, dict[str, np.ndarray]]]
+
+
+def compute_ahead(rc: RunConfig) -> Computed:
+    """The run's whole compute (`compute.compute` of its dataset and model) and copies of the
+    parameters at its snapshot epochs: what `train_and_log(..., computed=)` needs to log the run
+    exactly as if it computed it (sweep.ahead runs this in a process of its own)."""
+    from backprop_lab.core import compute
+
+    snapshots: list[tuple[int, dict[str, np.ndarray]]] = []
+    dataset = compute.dataset_for(rc)
+    outcome = compute.compute(rc, dataset, compute.model_for(rc, dataset),
+                              snapshot_epochs=snapshot_epochs(rc),
+                              on_snapshot=lambda epoch, params: snapshots.append(
+                                  (epoch, {k: np.array(v, copy=True) for k, v in params.items()})))
+    return Computed(outcome, snapshots)
+
+
+def save_computed(path: Path, key: str, computed: Computed) -> None:
+    """Write `computed` (of the run with config key `key`) for `load_computed`; the file appears
+    whole or not at all (a temporary file renamed)."""
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as f:
+        pickle.dump((key, computed), f, protocol=pickle.HIGHEST_PROTOCOL)
+    partial.replace(path)
+
+
+def load_computed(path: str | Path, key: str) -> Computed | None:
+    """The Computed `save_computed` wrote for config key `key`; None when the file is missing,
+    unreadable or of another config (the run then computes itself). The file is the sweep's
+    own (sweep/ahead.py writes it in a private temporary folder): pickle is what it exchanges."""
+    try:
+        with open(path, "rb") as f:
+            stored_key, computed = pickle.load(f)
+    except Exception:
+        return None
+    return computed if stored_key == key and isinstance(computed, Computed) else None
+
+
+def train_and_log(client, info, rc: RunConfig, overrides, t0: float, on_epoch=None,
+                  computed: Computed | None = None) -> Recorded:
     """Params, dataset, compute, history, figures, artifacts, final metrics; the run ends FINISHED.
 
     Any exception propagates: run.run ends the run FAILED.
     on_epoch: see `compute.compute` (returning True stops training: status "stopped").
+    computed: this run's `compute_ahead`, done elsewhere: logged here instead of computing (the
+    same metrics, artifacts and images; `time/wall_s` counts its compute seconds as if spent here).
     """
     from backprop_lab.core import compute
     from backprop_lab.figures import plots, render
@@ -101,10 +151,17 @@ def train_and_log(client, info, rc: RunConfig, overrides, t0: float, on_epoch=No
         pending.append(history_write[0])
 
     try:
-        outcome = compute.compute(rc, dataset, model, compute.progress_for(rc.train.epochs),
-                                  on_trained=write_history, on_epoch=on_epoch,
-                                  snapshot_epochs=snapshot_epochs(rc),
-                                  on_snapshot=log_boundary)
+        if computed is None:
+            outcome = compute.compute(rc, dataset, model, compute.progress_for(rc.train.epochs),
+                                      on_trained=write_history, on_epoch=on_epoch,
+                                      snapshot_epochs=snapshot_epochs(rc),
+                                      on_snapshot=log_boundary)
+        else:  # the same calls compute.compute would have made, in its order
+            outcome = computed.outcome
+            for epoch, params in computed.snapshots:
+                log_boundary(epoch, params)
+            write_history(outcome.history)
+            t0 -= outcome.scalars.get("time/total_s", 0.0)
         log_boundary(int(outcome.scalars["final/epochs_run"]), outcome.params, last=True)
         boundary_png = render.decision_boundary_png(model, outcome.params, dataset)
         figures = {  # PNG bytes; render.py reuses one figure per layout (same pictures as plots.py)

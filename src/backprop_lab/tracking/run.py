@@ -55,8 +55,10 @@ class SweepJob:
     job: int  # k of [k/N]: 1-based position among the jobs this sweep launches
     n_jobs: int  # N
     started_at: float  # unix time the sweep launched its first job (for the time left)
+    # A file holding this job's compute, done ahead by the sweep (sweep/ahead.py), or "".
+    computed: str = ""
 
-    KEYS = ("parent_run_id", "run_name", "job", "n_jobs", "started_at")
+    KEYS = ("parent_run_id", "run_name", "job", "n_jobs", "started_at", "computed")
 
     def overrides(self) -> list[str]:
         """`++sweep.<key>=<value>` overrides (plain values: the sweep's fast composition holds)."""
@@ -65,7 +67,8 @@ class SweepJob:
 
         return [f"++sweep.parent_run_id={quoted(self.parent_run_id)}",
                 f"++sweep.run_name={quoted(self.run_name)}", f"++sweep.job={self.job}",
-                f"++sweep.n_jobs={self.n_jobs}", f"++sweep.started_at={self.started_at:.3f}"]
+                f"++sweep.n_jobs={self.n_jobs}", f"++sweep.started_at={self.started_at:.3f}",
+                *([f"++sweep.computed={quoted(self.computed)}"] if self.computed else [])]
 
     @classmethod
     def split(cls, rc: Any) -> tuple[Any, SweepJob | None]:
@@ -75,7 +78,7 @@ class SweepJob:
             return rc, None
         job = cls(str(sweep["parent_run_id"]), str(sweep.get("run_name") or ""),
                   int(sweep.get("job", 0)), int(sweep.get("n_jobs", 0)),
-                  float(sweep.get("started_at", time.time())))
+                  float(sweep.get("started_at", time.time())), str(sweep.get("computed") or ""))
         rest = {k: v for k, v in sweep.items() if k not in cls.KEYS}
         return rc.model_copy(update={"sweep": rest or None}), job
 
@@ -178,8 +181,12 @@ def run(cfg: Any, job: JobContext | None = None, *, out=None, parent_id: str | N
 
     run_id = info.run_id
     try:
-        with _blas_threads(rc.blas_threads):
-            result = record.train_and_log(client, info, rc, job.overrides, t0, on_epoch)
+        # Computed ahead by the sweep (a file it names in this job's config; sweep/ahead.py): logged
+        # as computed there. Unreadable or missing: computed here.
+        computed = (record.load_computed(sweep.computed, key)
+                    if sweep is not None and sweep.computed and on_epoch is None else None)
+        with blas_threads(rc.blas_threads):
+            result = record.train_and_log(client, info, rc, job.overrides, t0, on_epoch, computed)
     except KeyboardInterrupt:
         _end_failed(client, run_id, status="KILLED")
         raise
@@ -207,7 +214,7 @@ def _one_line(exc: BaseException, with_type: bool = False) -> str:
     return f"{type(exc).__name__}: {first}" if with_type or not first else first
 
 
-def _blas_threads(n: int | None):
+def blas_threads(n: int | None):
     """Limit the BLAS thread pool for the run (threadpoolctl; restored afterwards)."""
     if n is None:
         return contextlib.nullcontext()
@@ -230,7 +237,11 @@ def print_line(summary: RunSummary, sweep: SweepJob | None, out) -> RunSummary:
     if summary.error and summary.status in ("failed", "skipped"):
         line += f"  ({summary.error})"
     summary.line = line
-    print(line, file=out, flush=True)
+    # One write: a sweep's workers share the terminal, and print() writes the line and its newline
+    # apart, which unbuffered streams (python -u, PYTHONUNBUFFERED) hand to the OS as two writes,
+    # so another worker's line could land between them (two lines on one, seen in the tests).
+    out.write(line + "\n")
+    out.flush()
     return summary
 
 

@@ -56,6 +56,10 @@ class WorkerDied(RuntimeError):
 
 
 class BackpropLabLauncher(Launcher):
+    #: Its jobs run on this machine (in this process or its forks): they read files the driver
+    #: wrote, e.g. the jobs the sweeper computed ahead (backprop_lab.sweep.ahead).
+    local_jobs = True
+
     def __init__(self, n_jobs: int | None = None, preload: Sequence[str] = (),
                  composer: str | None = None, grace_s: float = 10.0, warm_start: bool = True,
                  lean_run_job: bool = True) -> None:

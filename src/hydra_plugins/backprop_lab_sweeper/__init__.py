@@ -2,7 +2,8 @@
 
 It expands the jobs as Hydra's BasicSweeper does (same `params` and `max_batch_size` fields),
 validates them all, opens the parent run, launches the jobs with the configured launcher and
-summarises what they return. `dry_run: true` (make sweep DRY=1) lists the jobs, writes nothing.
+summarises what they return. `dry_run: true` (make sweep DRY=1) lists the jobs, writes nothing;
+`compute_ahead: true` computes the first jobs while the driver starts (backprop_lab.sweep.ahead).
 
 Hydra instantiates plugins only from the `hydra_plugins` namespace package: this directory has
 no `hydra_plugins/__init__.py` on purpose (the launchers in site-packages share the namespace).
@@ -20,8 +21,9 @@ from hydra.plugins.sweeper import Sweeper
 
 class BackpropLabSweeper(Sweeper):
     def __init__(self, max_batch_size: int | None = None, params: dict | None = None,
-                 dry_run: bool = False) -> None:
+                 dry_run: bool = False, compute_ahead: bool = False) -> None:
         self.max_batch_size, self.params, self.dry_run = max_batch_size, params or {}, dry_run
+        self.compute_ahead = compute_ahead
         self.hydra_context = self.config = self.launcher = None
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
@@ -41,4 +43,5 @@ class BackpropLabSweeper(Sweeper):
 
         return Sweep(self.config, self.launcher, self.hydra_context.config_loader,
                      params=dict(self.params), max_batch_size=self.max_batch_size,
-                     dry_run=bool(self.dry_run)).run(list(arguments))
+                     dry_run=bool(self.dry_run),
+                     compute_ahead=bool(self.compute_ahead)).run(list(arguments))
