@@ -327,10 +327,13 @@ def test_yaml_of_a_config_emitted_by_entries_is_omegaconfs():
     entries.update({"n": None, "i": 3, "f": 1e-08, "nan": float("nan"), "inf": float("-inf"), "b": False,
                     "empty_dict": {}, "empty_list": [], "nested": {"a": [1, {"b": AWKWARD[:8]}, []],
                                                                    "c": {"d": {"e": "word " * 30}}},
-                    "list": [AWKWARD, {"k": "v"}, None], "'quoted key'": 1, "key with spaces": "v"})
+                    "list": [AWKWARD, {"k": "v"}, None], "'quoted key'": 1, "key with spaces": "v",
+                    # mappings split into their entries (bare keys, to depth 3) and not (the rest)
+                    "yes": {"a": 1}, "On": {"b": {"c": 2}}, "with space": {"d": [3]},
+                    "deep": {"a": {"b": {"c": {"d": {"e": AWKWARD[3]}}}}, "x": {}}})
     lean_job._YAML_PARTS.clear()
     for shape in (entries, {"hydra": entries}):
-        for changed in (None, None, "s5", "nested"):  # first, then from the cache, then one entry new
+        for changed in (None, None, "s5", "nested", "deep"):  # first, from the cache, one entry new
             if changed:
                 shape_entries = shape.get("hydra", shape)
                 shape_entries[changed] = f"changed {changed}"

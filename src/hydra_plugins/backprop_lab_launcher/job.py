@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,7 @@ def _save_config(cfg: Any, filename: str, output_dir: Path) -> None:
 
 #: The YAML of one entry of a config, by the repr of (where, key, value): see to_yaml.
 _YAML_PARTS: OrderedDict[str, str] = OrderedDict()
-YAML_PARTS_MAX = 512
+YAML_PARTS_MAX = 2048
 
 
 def to_yaml(cfg: Any) -> str:
@@ -116,7 +117,8 @@ def to_yaml(cfg: Any) -> str:
     `hydra.runtime`, `hydra.overrides`; `model`, `optim`, `seed`). In a block mapping each entry
     is emitted on lines of its own, from a new line at the mapping's indentation, so the whole
     text is the entries' texts one after the other: each entry's text is cut from the document of
-    that entry alone under the same parent keys. Kept by the repr of its plain value (str, int,
+    that entry alone under the same parent keys; a mapping under a bare key, to depth 3, is split
+    the same way into its own entries (`_yaml_entries`). Kept by the repr of its plain value (str, int,
     float, bool, None, lists and str-keyed dicts of them: equal reprs, equal YAML); a config with
     any other value, or an empty one, is emitted whole. tests/test_launcher.py compares both.
     """
@@ -125,10 +127,36 @@ def to_yaml(cfg: Any) -> str:
         path, entries = (), container
         if list(container) == ["hydra"] and isinstance(container["hydra"], dict) and container["hydra"]:
             path, entries = ("hydra",), container["hydra"]
-        parts = [_yaml_part(path, key, value) for key, value in entries.items()]
-        if None not in parts:
-            return "".join(f"{'  ' * depth}{name}:\n" for depth, name in enumerate(path)) + "".join(parts)
+        text = _yaml_entries(path, entries)
+        if text is not None:
+            return "".join(f"{'  ' * depth}{name}:\n" for depth, name in enumerate(path)) + text
     return OmegaConf.to_yaml(cfg)
+
+
+#: Keys PyYAML writes bare (a mapping under one is split into its entries): a word that does
+#: not read as a YAML 1.1 bool or null. Any other key's mapping is one part.
+_BARE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_NOT_BARE = {"y", "n", "yes", "no", "true", "false", "on", "off", "null"}
+#: How deep a mapping is split into its entries (hydra.runtime.choices is at depth 2).
+_SPLIT_DEPTH = 3
+
+
+def _yaml_entries(path: tuple[str, ...], entries: dict) -> str | None:
+    """The block-mapping text of `entries` under `path`: each entry's part, a non-empty mapping
+    under a bare key split into its own entries' parts (a sweep's jobs differ in a few leaves
+    of `hydra.job` and `hydra.runtime`: only those are emitted again). None: emit it whole."""
+    parts = []
+    for key, value in entries.items():
+        if (isinstance(value, dict) and value and len(path) < _SPLIT_DEPTH
+                and _BARE_KEY.match(key) and key.lower() not in _NOT_BARE):
+            inner = _yaml_entries((*path, key), value)
+            part = None if inner is None else f"{'  ' * len(path)}{key}:\n{inner}"
+        else:
+            part = _yaml_part(path, key, value)
+        if part is None:
+            return None
+        parts.append(part)
+    return "".join(parts)
 
 
 def _yaml_part(path: tuple[str, ...], key: str, value: Any) -> str | None:
