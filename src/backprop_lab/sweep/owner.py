@@ -190,7 +190,12 @@ class Sweep:
         use_composer = getattr(self.launcher, "use_composer", None)  # the project's launcher
         if use_composer is not None:
             use_composer(self.composer)
-        computed = self.ahead.stop() if self.ahead is not None else {}  # config key -> its file
+        computed = {}  # config key -> the file of its compute, done ahead
+        if self.ahead is not None:
+            prepare = getattr(self.launcher, "prepare", None)  # the project's launcher: its imports
+            if prepare is not None:
+                prepare(len(todo))
+            computed = self.ahead.stop()
         size = self.max_batch_size or len(todo) or 1
         returned: dict[int, RunSummary] = {}
         for start in range(0, len(todo), size):

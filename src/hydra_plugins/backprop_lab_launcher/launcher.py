@@ -97,6 +97,14 @@ class BackpropLabLauncher(Launcher):
         wanted = self.n_jobs if self.n_jobs is not None else (os.cpu_count() or 1)
         return max(1, min(wanted, n_jobs))
 
+    def prepare(self, n_jobs: int) -> None:
+        """Import `preload` now if `launch` of n_jobs jobs will fork workers (it would import them
+        then): the sweeper calls this before it stops the jobs it computes ahead, which go on
+        computing meanwhile (backprop_lab.sweep.ahead)."""
+        if self.workers_for(n_jobs) > 1:
+            for module in self.preload:
+                importlib.import_module(module)
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
