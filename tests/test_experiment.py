@@ -203,7 +203,7 @@ def test_a_job_logs_the_compute_its_sweep_did_ahead_and_computes_itself_without_
             weights = {p: stored[p] for p in stored.files}
         history = [(m.step, m.value) for m in client.get_metric_history(summary.run_id, "train/loss")]
         logged[name] = (run.data.metrics["time/train_s"], weights, history)
-    assert logged["ahead.pkl"][0] == 1234.5
+    assert logged["ahead.pkl"][0] == 1234.5 and not (tmp_path / "ahead.pkl").exists()  # read once
     assert all(logged[name][0] != 1234.5 for name in ("other.pkl", "cut.pkl", "missing.pkl"))
     for name in ("other.pkl", "cut.pkl", "missing.pkl"):
         assert logged[name][2] == logged["ahead.pkl"][2] and len(logged[name][2]) == EPOCHS

@@ -162,6 +162,44 @@ def test_parallel_workers_on_a_fresh_store_bit_identical_to_one_process_and_repr
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"MATCH: run {run_id}")
 
 
+def _session_processes(sid: int) -> list[int]:
+    """Live processes of session `sid` (the sweep's driver, its forks)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def test_a_driver_killed_while_jobs_are_computed_ahead_leaves_no_process_nor_file(tmp_path):
+    """SIGKILL to the driver while sweep.ahead computes jobs (no finally runs in the driver): the
+    process computing ahead stops before its next job and removes its temporary folder."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--multirun", "+sweep=default", "init=he",
+           "seed=0,1,2", "model.width=2,4", "optim.lr=0.1,1.0", "train.epochs=300", *store_args(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**ENV, "TMPDIR": str(tmp)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp.glob("bpl-ahead-*/*.pkl")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None and list(tmp.glob("bpl-ahead-*/*.pkl")), "no job computed ahead"
+        os.kill(proc.pid, signal.SIGKILL)  # the driver alone
+        proc.wait()
+        deadline = time.monotonic() + 60
+        while (_session_processes(proc.pid) or list(tmp.iterdir())) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _session_processes(proc.pid) and not list(tmp.iterdir())
+    finally:
+        for pid in _session_processes(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_resume_after_sigkill_skips_finished_kills_running_and_force_reruns(tmp_path, capfd):
     # Short runs: the sweep (driver and workers) is frozen (SIGSTOP) while the store is looked at,
     # and killed only while a child is RUNNING after two finished; else it goes on (SIGCONT). A

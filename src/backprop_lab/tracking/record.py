@@ -84,7 +84,7 @@ def compute_ahead(rc: RunConfig) -> Computed:
 
 
 def save_computed(path: Path, key: str, computed: Computed) -> None:
-    """Write `computed` (of the run with config key `key`) for `load_computed`; the file appears
+    """Write `computed` (of the run with config key `key`) for `take_computed`; the file appears
     whole or not at all (a temporary file renamed)."""
     partial = path.with_name(path.name + ".partial")
     with open(partial, "wb") as f:
@@ -92,16 +92,20 @@ def save_computed(path: Path, key: str, computed: Computed) -> None:
     partial.replace(path)
 
 
-def load_computed(path: str | Path, key: str) -> Computed | None:
-    """The Computed `save_computed` wrote for config key `key`; None when the file is missing,
-    unreadable or of another config (the run then computes itself). The file is the sweep's
-    own (sweep/ahead.py writes it in a private temporary folder): pickle is what it exchanges."""
+def take_computed(path: str | Path, key: str) -> Computed | None:
+    """The Computed `save_computed` wrote for config key `key`, the file removed (it is read once);
+    None when the file is missing, unreadable or of another config (the run then computes
+    itself). The file is the sweep's own (sweep/ahead.py writes it in a private temporary
+    folder): pickle is what it exchanges."""
     try:
         with open(path, "rb") as f:
             stored_key, computed = pickle.load(f)
     except Exception:
         return None
-    return computed if stored_key == key and isinstance(computed, Computed) else None
+    if stored_key != key or not isinstance(computed, Computed):
+        return None
+    Path(path).unlink(missing_ok=True)
+    return computed
 
 
 def train_and_log(client, info, rc: RunConfig, overrides, t0: float, on_epoch=None,

@@ -183,7 +183,7 @@ def run(cfg: Any, job: JobContext | None = None, *, out=None, parent_id: str | N
     try:
         # Computed ahead by the sweep (a file it names in this job's config; sweep/ahead.py): logged
         # as computed there. Unreadable or missing: computed here.
-        computed = (record.load_computed(sweep.computed, key)
+        computed = (record.take_computed(sweep.computed, key)
                     if sweep is not None and sweep.computed and on_epoch is None else None)
         with blas_threads(rc.blas_threads):
             result = record.train_and_log(client, info, rc, job.overrides, t0, on_epoch, computed)
