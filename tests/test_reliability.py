@@ -208,8 +208,9 @@ def test_resume_after_sigkill_skips_finished_kills_running_and_force_reruns(tmp_
             "train.epochs=100"]
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--multirun", *args,
            *store_args(tmp_path)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    (tmp_path / "tmp").mkdir()  # what a SIGKILL leaves of the sweep's temporary files: not in /tmp
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**ENV, "TMPDIR": str(tmp_path / "tmp")},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     db = tmp_path / "mlflow.db"
     try:
         deadline = time.monotonic() + 600

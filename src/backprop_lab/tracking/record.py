@@ -105,6 +105,8 @@ def take_computed(path: str | Path, key: str) -> Computed | None:
     if stored_key != key or not isinstance(computed, Computed):
         return None
     Path(path).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # the last one taken: the folder goes too (a sweep killed
+        Path(path).parent.rmdir()  # with SIGKILL from then on leaves nothing behind)
     return computed
 
 
