@@ -132,8 +132,9 @@ def _env() -> dict:
     return env
 
 
-def cold(tmp: Path, preset: str, extra: list[str], jobs: int | None) -> tuple[float, float, int]:
-    """The sweep in a new interpreter on a fresh store: (wall s, CPU s, runs)."""
+def cold(tmp: Path, preset: str, extra: list[str], jobs: int | None) -> tuple[float, float, int, int]:
+    """The sweep in a new interpreter on a fresh store: (wall s, CPU s, runs, jobs whose compute
+    was done ahead while the driver started: sweep/ahead.py)."""
     store = tmp / f"cold-{time.monotonic_ns()}"
     uri = f"sqlite:///{store / 'mlflow.db'}"
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--multirun", f"+sweep={preset}",
@@ -146,8 +147,9 @@ def cold(tmp: Path, preset: str, extra: list[str], jobs: int | None) -> tuple[fl
     if proc.returncode != 0:
         sys.exit(f"bench: the sweep failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}")
     n_runs = _count_children(uri)
+    ahead = sum("sweep.computed=" in f.read_text() for f in (store / "sweep").glob("*/.hydra/overrides.yaml"))
     shutil.rmtree(store, ignore_errors=True)
-    return clock.wall, clock.cpu, n_runs
+    return clock.wall, clock.cpu, n_runs, ahead
 
 
 def _count_children(uri: str) -> int:
@@ -251,9 +253,10 @@ def main() -> None:
             runs = [cold(tmp, args.preset, args.args, args.jobs) for _ in range(args.repeat)]
             _best(res, "cold", runs)
             res["cold_runs"] = runs[0][2]
+            res["cold_ahead"] = [r[3] for r in runs]
             jobs = args.jobs if args.jobs is not None else "default"
-            print(f"  cold    the sweep, n_jobs={jobs}, {res['cold_runs']} runs: {_show(res, 'cold')}",
-                  flush=True)
+            print(f"  cold    the sweep, n_jobs={jobs}, {res['cold_runs']} runs: {_show(res, 'cold')}; "
+                  f"computed ahead: {', '.join(map(str, res['cold_ahead']))} jobs", flush=True)
         if "peer" in parts:
             lrs = sorted({rc.optim.lr for _, rc in configs})
             widths = sorted({rc.model.width for _, rc in configs})
