@@ -154,12 +154,26 @@ def browser(workdir):
         context.close()
 
 
+@pytest.fixture(scope="module")
+def tab(browser, ui):
+    """One tab for the module, as a person keeps one open: the UI's app (a single-page app whose
+    routes are the URL's #fragment) loads and starts once, not once per step (~3-5 s of
+    Chromium's CPU each); each step goes to its own URL in it. A failed step leaves the tab on
+    about:blank: the next one loads the app afresh."""
+    tab = browser.new_page()
+    yield tab
+    tab.close()
+
+
 @pytest.fixture
-def page(browser, ui, shots):
+def page(request, browser, tab, shots):
     print(f"screenshots of this step go to {shots.folder}")
-    page = browser.new_page()
-    yield page
-    page.close()
+    before, failures = set(browser.pages), request.session.testsfailed
+    yield tab
+    for opened in set(browser.pages) - before:  # a link the step followed into a new tab
+        opened.close()
+    if request.session.testsfailed > failures:  # the next step starts from a fresh load
+        tab.goto("about:blank")
     # Every request any page made so far stayed on loopback (the hosts resolver rule backs this up).
     assert not foreign_hosts(browser.requested_urls), f"UI requested {foreign_hosts(browser.requested_urls)}"
 
