@@ -188,9 +188,12 @@ def test_parallel_runs_logging_the_same_dataset_do_not_collide(tmp_path):
     tracking.prepare_store(uri, str(tmp_path / "art"))
     client = tracking.MlflowClient(uri)
     # A fork server that imported MLflow once: each racer is a fork of it (a spawned racer paid
-    # MLflow's import, ~5 s of CPU, eight times), and none inherits this process's threads.
+    # MLflow's import, ~5 s of CPU, eight times), and none inherits this process's threads. Its
+    # SQL store module too (with SQLAlchemy and alembic): else each racer's first MlflowClient
+    # imports them, ~1.2 s of CPU each (a module missing in another MLflow is skipped).
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["backprop_lab.tracking.client", "backprop_lab.core.data"])
+    ctx.set_forkserver_preload(["backprop_lab.tracking.client", "backprop_lab.core.data",
+                                "mlflow.store.tracking.sqlalchemy_store"])
     for round_ in range(2):  # without the retry this failed in the first round here
         exp_id = tracking.ensure_experiment(client, f"race-{round_}", str(tmp_path / "art"))
         barrier, out = ctx.Barrier(4), ctx.Queue()
