@@ -147,7 +147,9 @@ def test_parallel_workers_on_a_fresh_store_bit_identical_to_one_process_and_repr
     def ahead(folder: Path) -> int:
         jobs = folder.glob("multirun/*/.hydra/overrides.yaml")
         return sum("sweep.computed=" in f.read_text() for f in jobs)
-    assert ahead(tmp_path / "forked") >= 1 and ahead(tmp_path / "attempt0") == 0
+    assert ahead(tmp_path / "attempt0") == 0
+    # sweep.ahead uses the cores the driver leaves idle: none on a one-core machine.
+    assert ahead(tmp_path / "forked") >= 1 or (os.cpu_count() or 1) < 2
     ca, one = _by_key(tmp_path / "one", "backprop-lab/default")
     assert len(one) == 2 and set(one) <= set(joblib)
     for other in ("forked", "joblib"):
@@ -178,6 +180,8 @@ def _session_processes(sid: int) -> list[int]:
 def test_a_driver_killed_while_jobs_are_computed_ahead_leaves_no_process_nor_file(tmp_path):
     """SIGKILL to the driver while sweep.ahead computes jobs (no finally runs in the driver): the
     process computing ahead stops before its next job and removes its temporary folder."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("sweep.ahead computes on the cores the driver leaves idle: this machine has one")
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--multirun", "+sweep=default", "init=he",
