@@ -51,11 +51,12 @@ def model_for(rc: RunConfig, dataset) -> MLP:
     return MLP(rc.model.layer_sizes(dataset.X_train.shape[1]), activation=rc.model.activation)
 
 
-def compute_run(rc: RunConfig, progress=None) -> Outcome:
+def compute_run(rc: RunConfig, progress=None, **hooks) -> Outcome:
     """`compute` of the run's own dataset and model: a run's whole computation, nothing logged
-    (the compute floor of the benchmarks, `make reproduce`)."""
+    (the compute floor of the benchmarks, `make reproduce`, a sweep's jobs computed ahead);
+    hooks: `compute`'s keyword arguments (snapshot_epochs, on_snapshot, ...)."""
     dataset = dataset_for(rc)
-    return compute(rc, dataset, model_for(rc, dataset), progress)
+    return compute(rc, dataset, model_for(rc, dataset), progress, **hooks)
 
 
 def compute(rc: RunConfig, dataset, model, progress=None, on_trained=None, *, on_epoch=None,

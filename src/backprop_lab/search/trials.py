@@ -184,8 +184,8 @@ def _earlier_runs(plan: Plan, numbers: list[int]) -> dict[int, Any]:
 
 
 def _line(plan: Plan, study: Any, trial: Any, label: str, what: str, t0: float, out) -> None:
+    from backprop_lab.tracking.run import write_line
+
     k = counted(study.get_trials(deepcopy=False))
-    # One write per line: the workers share the terminal (see tracking.run.print_line).
-    out.write(f"[{k}/{plan.search.trials}] trial {trial.number} {label}: {what} "
-              f"({time.perf_counter() - t0:.1f}s)\n")
-    out.flush()
+    write_line(out, f"[{k}/{plan.search.trials}] trial {trial.number} {label}: {what} "
+                    f"({time.perf_counter() - t0:.1f}s)")

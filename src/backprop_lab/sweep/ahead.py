@@ -34,11 +34,15 @@ class Ahead:
         self.folder = Path(tempfile.mkdtemp(prefix="bpl-ahead-"))
         self.pids: list[int] = []
         driver = os.getpid()
-        for k in range(processes):
-            pid = os.fork()
-            if pid == 0:
-                _compute(jobs[k::processes], self.folder, driver)  # never returns
-            self.pids.append(pid)
+        try:
+            for k in range(processes):
+                pid = os.fork()
+                if pid == 0:
+                    _compute(jobs[k::processes], self.folder, driver)  # never returns
+                self.pids.append(pid)
+        except OSError:  # no process left behind, no folder
+            self.close()
+            raise
 
     def stop(self) -> dict[str, str]:
         """config key -> the file of each job computed so far; no process of this is left."""
@@ -62,11 +66,16 @@ class Ahead:
 
 def start(jobs: list[Any], launcher: Any) -> Ahead | None:
     """An Ahead over `jobs` with one process per core the driver leaves idle, or None where the
-    launcher's jobs do not run here, os.fork is missing, or there is one core."""
+    launcher's jobs do not run here, os.fork is missing, or there is one core. Also None when
+    the temporary folder or a process cannot be made (a full /tmp, a process limit): computing
+    ahead only saves time, the workers compute every job anyway."""
     spare = (os.cpu_count() or 1) - 1
     if not getattr(launcher, "local_jobs", False) or not hasattr(os, "fork") or spare < 1 or not jobs:
         return None
-    return Ahead(jobs, min(spare, len(jobs)))
+    try:
+        return Ahead(jobs, min(spare, len(jobs)))
+    except OSError:
+        return None
 
 
 def _compute(jobs: list[Any], folder: Path, driver: int) -> None:

@@ -75,11 +75,9 @@ def compute_ahead(rc: RunConfig) -> Computed:
     from backprop_lab.core import compute
 
     snapshots: list[tuple[int, dict[str, np.ndarray]]] = []
-    dataset = compute.dataset_for(rc)
-    outcome = compute.compute(rc, dataset, compute.model_for(rc, dataset),
-                              snapshot_epochs=snapshot_epochs(rc),
-                              on_snapshot=lambda epoch, params: snapshots.append(
-                                  (epoch, {k: np.array(v, copy=True) for k, v in params.items()})))
+    outcome = compute.compute_run(rc, snapshot_epochs=snapshot_epochs(rc),
+                                  on_snapshot=lambda epoch, params: snapshots.append(
+                                      (epoch, {k: np.array(v, copy=True) for k, v in params.items()})))
     return Computed(outcome, snapshots)
 
 

@@ -237,12 +237,17 @@ def print_line(summary: RunSummary, sweep: SweepJob | None, out) -> RunSummary:
     if summary.error and summary.status in ("failed", "skipped"):
         line += f"  ({summary.error})"
     summary.line = line
-    # One write: a sweep's workers share the terminal, and print() writes the line and its newline
-    # apart, which unbuffered streams (python -u, PYTHONUNBUFFERED) hand to the OS as two writes,
-    # so another worker's line could land between them (two lines on one, seen in the tests).
+    write_line(out, line)
+    return summary
+
+
+def write_line(out, line: str) -> None:
+    """`line` and its newline in one write, flushed. Several workers share the terminal, and
+    print() writes a line and its newline apart, which unbuffered streams (python -u,
+    PYTHONUNBUFFERED) hand to the OS as two writes: another worker's line could land between
+    them (two lines on one, seen in the tests)."""
     out.write(line + "\n")
     out.flush()
-    return summary
 
 
 def _clock(seconds: float) -> str:

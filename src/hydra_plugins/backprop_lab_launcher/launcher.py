@@ -119,8 +119,7 @@ class BackpropLabLauncher(Launcher):
         if not hasattr(os, "fork"):
             raise RuntimeError("hydra/launcher=backprop_lab with n_jobs > 1 needs os.fork (Linux, macOS); "
                                "use hydra.launcher.n_jobs=1 or hydra/launcher=joblib")
-        for module in self.preload:
-            importlib.import_module(module)
+        self.prepare(len(jobs))
         if self._compose is None:  # before the fork: every worker shares its cached bases
             self._compose = self._composer()
         first = []
