@@ -171,13 +171,14 @@ def _small_disk(folder: Path, size: int):
 
 
 def _fill(folder: Path) -> Path:
-    """Write zeros into folder/hog until the disk refuses: what another program does to a disk."""
+    """Write zeros into folder/hog until the disk refuses: what another program does to a disk.
+    A disk that is full already (the sweep's own writes, e.g. a WAL not yet checkpointed) refuses
+    the file itself: that is the same full disk."""
     hog = folder / "hog"
-    with open(hog, "wb") as f:
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(bytes(64 * 1024))
-                f.flush()
+    with contextlib.suppress(OSError), open(hog, "wb") as f:
+        while True:
+            f.write(bytes(64 * 1024))
+            f.flush()
     return hog
 
 
@@ -193,12 +194,14 @@ def _statuses(db: Path) -> list[tuple[str, str]]:
 
 @pytest.mark.slow
 def test_disk_full_mid_sweep_one_line_each_parent_ended_no_child_running(tmp_path):
-    """A real sweep whose SQLite store and artifacts sit on an 8 MiB tmpfs that another program
+    """A real sweep whose SQLite store and artifacts sit on a 16 MiB tmpfs that another program
     fills once the first child has finished: every job ends in one line, the sweep exits 1 with
     one line on stderr within seconds, and the store (read afterwards) has its parent FAILED and
-    no run RUNNING. It takes the sweep's disk reserve (sweep/lock.py) to end the parent: without
-    it this test left the parent RUNNING."""
-    with _small_disk(tmp_path / "disk", 8 << 20) as disk:
+    no run RUNNING. (The whole sweep takes ~4 MB, its WAL and disk reserve a few MB more: on
+    8 MiB the sweep sometimes filled the disk itself before a child was seen FINISHED.) It takes
+    the sweep's disk reserve (sweep/lock.py) to end the parent: without it this test left the
+    parent RUNNING."""
+    with _small_disk(tmp_path / "disk", 16 << 20) as disk:
         db = disk / "mlflow.db"
         cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--multirun", "optim.lr=0.1,0.2,0.3",
                "model.width=3,4", "train.epochs=50", "hydra.launcher.n_jobs=2",
@@ -221,7 +224,7 @@ def test_disk_full_mid_sweep_one_line_each_parent_ended_no_child_running(tmp_pat
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        hog.unlink()  # room again, to read the store as it was left
+        hog.unlink(missing_ok=True)  # room again, to read the store as it was left
         statuses = _statuses(db)
         leftovers = sorted(p.name for p in disk.iterdir())
 
