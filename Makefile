@@ -30,7 +30,7 @@ export BPL_DISTRIBUTED := $(DISTRIBUTED)
 # line itself), so `ARGS='seed=range(0,3)'` and `ARGS="model.hidden_sizes=[8,4]"` arrive intact.
 train sweep: export BPL_ARGS = $(ARGS)
 
-.PHONY: help setup test test-distributed train sweep search ui server notebooks lint bench bench-tracking bench-plots bench-launchers bench-sweep reproduce clean
+.PHONY: help setup test test-fast test-distributed train sweep search ui server notebooks lint bench bench-tracking bench-plots bench-launchers bench-sweep reproduce clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ setup: .venv/.synced ## Create .venv from uv.lock (bootstraps uv with pip when m
 
 test: setup ## Run the test suite on every core (DISTRIBUTED=1 adds the Ray/Slurm/server tests; XDIST= runs it in one process)
 	@$(UV) run --locked --no-sync pytest $(XDIST) $(TEST_ARGS)
+
+test-fast: ## The suite without its `slow` tests (real sweeps, servers, browser, notebooks): ~2 min, for the edit-test loop
+	@$(MAKE) --no-print-directory test TEST_ARGS='-m "not slow" $(TEST_ARGS)'
 
 test-distributed: ## Run only the distributed tests (Ray cluster, tracking server, Slurm)
 	@$(MAKE) --no-print-directory test DISTRIBUTED=1 TEST_ARGS="-m distributed $(TEST_ARGS)"
