@@ -160,6 +160,20 @@ def train_command(root: Path, *args: str) -> list[str]:
             f"hydra.sweep.dir={root / 'multirun'}"]
 
 
+def sigint_state(pid: int) -> str:
+    """How process `pid` takes SIGINT, from /proc (ignored / blocked / caught / default): said
+    by the Ctrl-C tests when a process does not end, so a failure names its cause."""
+    try:
+        fields = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                      if ":\t" in line)
+    except OSError:
+        return f"pid {pid}: gone"
+    bit = 1 << 1  # SIGINT = 2
+    how = [name for name, key in (("ignored", "SigIgn"), ("blocked", "SigBlk"), ("caught", "SigCgt"))
+           if int(fields.get(key, "0"), 16) & bit]
+    return f"pid {pid} ({fields.get('State', '?').strip()}): SIGINT {'/'.join(how) or 'default'}"
+
+
 def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "MLFLOW_TRACKING_URI")}
     env.update(QUIET_ENV)

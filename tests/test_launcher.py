@@ -23,6 +23,7 @@ from hydra.core.utils import JobStatus
 from hydra.types import HydraContext, RunMode
 
 from backprop_lab import QUIET_ENV
+from conftest import sigint_state
 from hydra_plugins.backprop_lab_launcher.launcher import BackpropLabLauncher, WorkerDied
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,11 +189,15 @@ def test_sigint_stops_every_worker_cleanly(tmp_path, to_group):
             time.sleep(0.1)
         workers = [int(p.name.split("-")[1]) for p in marks.glob("started-*")]
         assert len(workers) == 2, proc.communicate()[1][-2000:] if proc.poll() is not None else "no workers"
+        states = [sigint_state(pid) for pid in (proc.pid, *workers)]  # said if they do not end
         if to_group:  # what a terminal's Ctrl-C does
             os.killpg(proc.pid, signal.SIGINT)
         else:
             os.kill(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the sweep did not end 30 s after SIGINT; before it: {'; '.join(states)}")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from hydra import initialize_config_dir
 
-from conftest import clean_env, train_command
+from conftest import clean_env, sigint_state, train_command
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -413,13 +413,14 @@ def test_ctrl_c_ends_in_one_line_parent_killed_no_child_running(tmp_path, launch
         else:
             pytest.fail("no job started")
         time.sleep(1.0)
+        state = sigint_state(proc.pid)  # said if the driver does not take it
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 130, err[-3000:]
+    assert proc.returncode == 130, f"{state} before Ctrl-C: {err[-3000:]}"
     assert err.splitlines() == ["interrupted: run the same command to resume"], err[-3000:]
     client = client_for(tmp_path)
     [parent] = runs_of(client, "backprop-lab/train", "tags.`bpl.role` = 'parent'")
