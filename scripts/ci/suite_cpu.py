@@ -8,8 +8,10 @@ the CPU of the child processes it reaped meanwhile (`getrusage(RUSAGE_CHILDREN)`
 sweeps, servers, notebook kernels, with their own reaped children). A session fixture is charged to
 the test that first asks for it. What no test reaps is not seen: Chromium's renderer and GPU
 processes (reaped by Playwright's driver at the session's end) and daemons that outlive their test.
-Every pytest process (each xdist worker) appends one JSON line per test to the file; the process
-that started the session prints the totals per file and the slowest tests at its end.
+Every pytest process (each xdist worker) appends one JSON line per test to the file (test id,
+its own and its children's CPU seconds, wall seconds, and the pid of the worker that ran it: the
+order each worker ran its tests in); the process that started the session prints the totals per
+file and the slowest tests at its end.
 """
 
 from __future__ import annotations
@@ -53,18 +55,18 @@ def pytest_terminal_summary(terminalreporter, config):
     if hasattr(config, "workerinput") or not PATH.is_file():
         return
     rows = [json.loads(line) for line in PATH.read_text().splitlines() if line.strip()]
-    per_file: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
+    cpu, kids, count = defaultdict(float), defaultdict(float), defaultdict(int)  # per file
     for row in rows:
-        entry = per_file[row["test"].split("::")[0]]
-        entry[0] += row["own"] + row["children"]
-        entry[1] += row["children"]
-        entry[2] += 1
-    total = sum(e[0] for e in per_file.values())
+        name = row["test"].split("::")[0]
+        row["cpu"] = row["own"] + row["children"]
+        cpu[name] += row["cpu"]
+        kids[name] += row["children"]
+        count[name] += 1
     write = terminalreporter.write_line
-    write(f"suite CPU seen by getrusage: {total:.1f} s over {len(rows)} tests ({PATH})")
+    write(f"suite CPU seen by getrusage: {sum(cpu.values()):.1f} s over {len(rows)} tests ({PATH})")
     write(f"{'file':<40} {'CPU s':>8} {'children':>9} {'tests':>6}")
-    for name, (cpu, kids, n) in sorted(per_file.items(), key=lambda kv: -kv[1][0]):
-        write(f"{name:<40} {cpu:8.1f} {kids:9.1f} {n:6d}")
+    for name in sorted(cpu, key=cpu.get, reverse=True):
+        write(f"{name:<40} {cpu[name]:8.1f} {kids[name]:9.1f} {count[name]:6d}")
     write("slowest tests by CPU:")
-    for row in sorted(rows, key=lambda r: -(r["own"] + r["children"]))[:25]:
-        write(f"{row['own'] + row['children']:8.1f} s  {row['test']}")
+    for row in sorted(rows, key=lambda r: -r["cpu"])[:25]:
+        write(f"{row['cpu']:8.1f} s  {row['test']}")
